@@ -1,0 +1,1 @@
+"""DRF API views of the telemetry app, one module per area (ingest, reporting, …)."""

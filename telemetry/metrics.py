@@ -1,0 +1,117 @@
+"""Prometheus metrics of the gateway, served on `GET /metrics`.
+
+Labels are bounded: tenant slug, department code, provider, and model only when it is a model
+some route is configured for (anything else becomes "other"), so a caller cannot blow up the
+series count. Under gunicorn set `PROMETHEUS_MULTIPROC_DIR` (an empty directory, wiped at
+deploy) and every worker's samples are merged at scrape time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+LABELS = ("tenant", "department", "provider", "model")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+REQUESTS = Counter("llmobs_gateway_requests", "Gateway call attempts by outcome.", [*LABELS, "status"])
+TOKENS = Counter("llmobs_gateway_tokens", "Tokens by canonical bucket.", [*LABELS, "type"])
+COST = Counter("llmobs_gateway_cost", "Cost of gateway calls, in the price currency.", [*LABELS, "currency"])
+DURATION = Histogram(
+    "llmobs_gateway_request_duration_seconds", "Upstream call duration.", LABELS, buckets=LATENCY_BUCKETS
+)
+TTFT = Histogram(
+    "llmobs_gateway_ttft_seconds", "Time to first token of streamed calls.", LABELS, buckets=LATENCY_BUCKETS
+)
+IN_FLIGHT = Gauge("llmobs_gateway_in_flight", "Gateway calls in progress.", ["tenant"], multiprocess_mode="livesum")
+BUDGET_REMAINING = Gauge(
+    "llmobs_budget_remaining",
+    "Smallest remaining amount among the hard budgets a call was checked against.",
+    ["tenant", "department"],
+    multiprocess_mode="mostrecent",
+)
+# Quality (telemetry/evals.py): set by the `telemetry.run_evals` task every 15 minutes.
+EVAL_PASS_RATE = Gauge(
+    "llmobs_eval_pass_rate",
+    "Rolling pass rate (0-1) of an evaluation config over its SLO window.",
+    ["tenant", "config"],
+    multiprocess_mode="mostrecent",
+)
+FEEDBACK_SATISFACTION = Gauge(
+    "llmobs_feedback_satisfaction",
+    "User satisfaction (0-1) over the last 7 days, from explicit and implicit feedback.",
+    ["tenant", "department"],
+    multiprocess_mode="mostrecent",
+)
+BUDGET_FAIL_OPEN = Counter("llmobs_budget_fail_open", "Calls admitted without budget checks (ledger down).")
+
+TOKEN_TYPES = (
+    ("input", "input_tokens"),
+    ("cache_read", "cache_read_input_tokens"),
+    ("cache_write", "cache_creation_input_tokens"),
+    ("output", "output_tokens"),
+    ("reasoning", "reasoning_tokens"),
+)
+
+
+def observe_attempt(
+    *,
+    labels: tuple[str, str, str, str],
+    status: str,
+    usage_fields: dict | None,
+    cost,
+    currency: str,
+    duration_s: float | None,
+    ttft_s: float | None,
+) -> None:
+    REQUESTS.labels(*labels, status).inc()
+    if usage_fields:
+        for name, field in TOKEN_TYPES:
+            value = usage_fields.get(field) or 0
+            if value:
+                TOKENS.labels(*labels, name).inc(value)
+    if cost:
+        COST.labels(*labels, currency).inc(float(cost))
+    if duration_s is not None:
+        DURATION.labels(*labels).observe(duration_s)
+    if ttft_s is not None:
+        TTFT.labels(*labels).observe(ttft_s)
+
+
+def _scrape_allowed(request: HttpRequest) -> bool:
+    """Labels carry tenant slugs and department codes, so the scrape is an operator credential,
+    not a tenant one: with LLMOBS_METRICS_TOKEN set, only `Authorization: Bearer <token>` opens
+    it (constant-time compare). Unset = open, for development only (docs/RELIABILITY.md)."""
+    token = getattr(settings, "LLMOBS_METRICS_TOKEN", "")
+    if not token:
+        return True
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    if not _scrape_allowed(request):
+        return JsonResponse(
+            {"error": {"code": "forbidden", "message": "Metrics need the scrape token.", "errors": {}}}, status=403
+        )
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,136 @@
+"""Per-key rate limits: requests per minute (`ApiKey.rpm_limit`) and tokens per minute
+(`ApiKey.tpm_limit`), in fixed one-minute windows.
+
+API: `check_rate(*, key, tokens=0)` counts one request and `tokens`
+tokens against the key's current window and raises `RateLimited` (with `retry_after` seconds
+until the window resets) when either limit would be exceeded; a refused request is not counted.
+Keys without limits cost nothing. The gateway passes its token estimate (prompt estimate +
+max_tokens), so tpm limits what callers may *ask for*. Ingest uses the same counters through
+the DRF throttle `ApiKeyRateThrottle`, so a key's rpm is one budget across ingest and gateway.
+
+Backends: Redis (one Lua script, atomic across workers) when `REDIS_URL` is set; otherwise a
+process-local counter table under a lock, correct for the single-process embedded default. Redis
+outage: fail open with a logged warning (rate limits protect upstream quotas; budgets, which
+protect money, have their own ledger).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from chargeback.enforcement import get_redis
+from chargeback.models import ApiKey
+
+logger = logging.getLogger(__name__)
+
+WINDOW_SECONDS = 60
+
+
+class RateLimited(Exception):
+    def __init__(self, *, kind: str, limit: int, retry_after: int) -> None:
+        unit = "requests" if kind == "rpm" else "tokens"
+        super().__init__(f"Rate limit exceeded: this API key allows {limit} {unit} per minute.")
+        self.kind = kind
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+# Returns 0 when admitted (and counted), 1 when over rpm, 2 when over tpm.
+CHECK_LUA = """
+local rpm = tonumber(ARGV[1])
+local tpm = tonumber(ARGV[2])
+local tokens = tonumber(ARGV[3])
+if rpm > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') + 1 > rpm then return 1 end
+if tpm > 0 and tonumber(redis.call('GET', KEYS[2]) or '0') + tokens > tpm then return 2 end
+redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+if tokens > 0 then
+  redis.call('INCRBY', KEYS[2], tokens)
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
+end
+return 0
+"""
+
+_script = None
+_local_lock = threading.Lock()
+_local_counts: dict[str, int] = {}
+
+
+def check_rate(*, key: ApiKey, tokens: int = 0, now: float | None = None) -> None:
+    """`key` is an ApiKey or anything with `pk`, `rpm_limit` and optionally `tpm_limit`."""
+    rpm, tpm = key.rpm_limit or 0, getattr(key, "tpm_limit", None) or 0
+    if not rpm and not tpm:
+        return
+    now = time.time() if now is None else now
+    window = int(now // WINDOW_SECONDS)
+    retry_after = max(1, int(WINDOW_SECONDS - now % WINDOW_SECONDS + 0.999))
+    req_key, tok_key = f"llmobs:rl:{key.pk}:{window}:r", f"llmobs:rl:{key.pk}:{window}:t"
+    client = get_redis()
+    if client is None:
+        verdict = _check_local(req_key, tok_key, rpm, tpm, tokens)
+    else:
+        import redis
+
+        global _script
+        try:
+            if _script is None:
+                _script = client.register_script(CHECK_LUA)
+            verdict = int(_script(keys=[req_key, tok_key], args=[rpm, tpm, tokens, WINDOW_SECONDS + 5]))
+        except redis.RedisError as exc:
+            logger.warning("Rate-limit store unavailable, failing open: %s", exc)
+            return
+    if verdict == 1:
+        raise RateLimited(kind="rpm", limit=rpm, retry_after=retry_after)
+    if verdict == 2:
+        raise RateLimited(kind="tpm", limit=tpm, retry_after=retry_after)
+
+
+def _check_local(req_key: str, tok_key: str, rpm: int, tpm: int, tokens: int) -> int:
+    with _local_lock:
+        if len(_local_counts) > 10_000:
+            # Old windows are never read again; drop them all rather than track expiry.
+            current = req_key.rsplit(":", 2)[1]
+            for k in [k for k in _local_counts if k.rsplit(":", 2)[1] != current]:
+                del _local_counts[k]
+        requests, used = _local_counts.get(req_key, 0), _local_counts.get(tok_key, 0)
+        if rpm and requests + 1 > rpm:
+            return 1
+        if tpm and used + tokens > tpm:
+            return 2
+        _local_counts[req_key] = requests + 1
+        _local_counts[tok_key] = used + tokens
+    return 0
+
+
+def reset_limits() -> None:
+    """Forget all windows (tests)."""
+    with _local_lock:
+        _local_counts.clear()
+    client = get_redis()
+    if client is not None:
+        for k in client.scan_iter(match="llmobs:rl:*", count=1000):
+            client.delete(k)
+
+
+class ApiKeyRateThrottle:
+    """DRF throttle enforcing the authenticated key's limits through `check_rate` (keys without
+    limits are not counted). A denied request gets 429 with `Retry-After`."""
+
+    def __init__(self) -> None:
+        self.retry_after: int | None = None
+
+    def allow_request(self, request, view) -> bool:
+        key = getattr(request, "auth", None)
+        if key is None or not hasattr(key, "rpm_limit"):
+            return True
+        try:
+            check_rate(key=key)
+        except RateLimited as exc:
+            self.retry_after = exc.retry_after
+            return False
+        return True
+
+    def wait(self) -> float | None:
+        return self.retry_after

@@ -1,0 +1,274 @@
+"""Rollups equal raw sums exactly, survive re-runs and late events, and give percentiles within
+the stated histogram error."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from telemetry import rollups
+from telemetry.models import COUNT_FIELDS, DailyRollup, DimensionRollup, HourlyRollup, UsageEvent
+from tests.factories import make_usage_event
+
+T0 = datetime(2025, 3, 1, 20, 0, tzinfo=UTC)
+
+
+def random_events(*, tenant, departments, n: int, seed: int = 7, start: datetime = T0, hours: int = 8) -> list:
+    rng = random.Random(seed)
+    events = []
+    for i in range(n):
+        dept = rng.choice([*departments, None])
+        priced = rng.random() > 0.1
+        events.append(
+            UsageEvent(
+                tenant=tenant,
+                event_id=f"r{seed}-{i}",
+                source=rng.choice(["ingest", "gateway", "eval"]),
+                department=dept,
+                department_code=dept.code if dept else "",
+                user_ref=rng.choice(["ann", "bob", "cy"]),
+                provider=rng.choice(["openai", "anthropic"]),
+                model=rng.choice(["m1", "m2"]),
+                feature=rng.choice(["chat", "search", "eval", ""]),
+                tags=rng.choice([{}, {"env": "prod"}, {"env": "dev", "region": "eu"}, {"project": 7}, {"env": None}]),
+                occurred_at=start + timedelta(seconds=rng.randrange(hours * 3600)),
+                latency_ms=rng.choice([None, rng.randrange(0, 5000), int(rng.lognormvariate(7, 1))]),
+                ttft_ms=rng.choice([None, rng.randrange(0, 900)]),
+                status=rng.choice(["ok", "ok", "ok", "error", "timeout"]),
+                input_tokens=rng.randrange(0, 5000),
+                cache_read_input_tokens=rng.randrange(0, 100),
+                cache_creation_input_tokens=rng.randrange(0, 50),
+                output_tokens=rng.randrange(0, 2000),
+                reasoning_tokens=rng.randrange(0, 10),
+                cost=Decimal(rng.randrange(1, 10**12)) / Decimal(10**10) if priced else None,
+                currency=rng.choice(["USD", "USD", "EUR"]),
+                cost_provenance="computed" if priced else "unpriced",
+            )
+        )
+    UsageEvent.objects.bulk_create(events)
+    return events
+
+
+def raw_sums(events, key) -> dict:
+    sums: dict = defaultdict(lambda: defaultdict(int))
+    for e in events:
+        s = sums[key(e)]
+        s["requests"] += 1
+        s["errors"] += e.status != "ok"
+        s["unpriced"] += e.cost is None
+        s["cost"] += e.cost or Decimal(0)
+        for f in COUNT_FIELDS[3:]:
+            s[f] += getattr(e, f)
+    return {k: dict(v) for k, v in sums.items()}
+
+
+def rollup_sums(qs, key) -> dict:
+    sums: dict = defaultdict(lambda: defaultdict(int))
+    for r in qs:
+        s = sums[key(r)]
+        for f in (*COUNT_FIELDS, "cost"):
+            s[f] += getattr(r, f)
+    return {k: dict(s) for k, s in sums.items()}
+
+
+def hourly_key(e) -> tuple:
+    return (
+        e.occurred_at.replace(minute=0, second=0, microsecond=0),
+        e.department_id or 0,
+        e.provider,
+        e.model,
+        e.currency,
+        e.feature == "eval" or e.source == "eval",
+    )
+
+
+def rollup_hourly_key(r) -> tuple:
+    return (r.hour, r.department_id, r.provider, r.model, r.currency, r.is_eval)
+
+
+def test_hourly_and_daily_rollups_equal_raw_sums_exactly(acme, research_dept, sales_dept):
+    events = random_events(tenant=acme, departments=[research_dept, sales_dept], n=600)
+    rollups.roll_up_pending()
+    assert rollup_sums(HourlyRollup.objects.all(), rollup_hourly_key) == raw_sums(events, hourly_key)
+    paris = acme.tz
+
+    def daily_key(e):
+        return (e.occurred_at.astimezone(paris).date(), e.department_id or 0, e.provider, e.model, e.currency)
+
+    daily = rollup_sums(
+        DailyRollup.objects.all(), lambda r: (r.day, r.department_id, r.provider, r.model, r.currency)
+    )
+    assert daily == raw_sums(events, daily_key)
+    # Europe/Paris: 23:30 UTC on 1 March is already 2 March locally.
+    assert {r.day for r in DailyRollup.objects.all()} == {date(2025, 3, 1), date(2025, 3, 2)}
+
+
+def test_latency_histograms_count_every_timed_event(acme, research_dept):
+    events = random_events(tenant=acme, departments=[research_dept], n=300, seed=3)
+    rollups.roll_up_pending()
+    for row in HourlyRollup.objects.all():
+        assert sum(getattr(row, f) for f in rollups.LATENCY_FIELDS) == row.latency_count
+        assert sum(getattr(row, f) for f in rollups.TTFT_FIELDS) == row.ttft_count
+    assert sum(r.latency_sum_ms for r in HourlyRollup.objects.all()) == sum(e.latency_ms or 0 for e in events)
+
+
+def test_dimension_rollup_sums_users_features_and_configured_tags(acme, research_dept):
+    events = random_events(tenant=acme, departments=[research_dept], n=400, seed=11)
+    rollups.roll_up_dimensions_pending()
+    paris = acme.tz
+    for dimension, value_of in (
+        ("user", lambda e: e.user_ref),
+        ("feature", lambda e: e.feature),
+        ("tag:env", lambda e: (e.tags["env"] or "") if "env" in e.tags else None),
+        ("tag:project", lambda e: str(e.tags["project"]) if "project" in e.tags else None),
+    ):
+        qs = DimensionRollup.objects.filter(dimension=dimension)
+        got = rollup_sums(qs, lambda r: (r.day, r.department_id, r.value, r.currency))
+        relevant = [e for e in events if value_of(e) is not None]
+        want = raw_sums(
+            relevant,
+            lambda e, v=value_of: (e.occurred_at.astimezone(paris).date(), e.department_id or 0, v(e), e.currency),
+        )
+        assert got == want, dimension
+    assert not DimensionRollup.objects.filter(dimension="tag:region").exists()  # not a configured key
+
+
+def test_rerunning_the_rollup_changes_nothing(acme, research_dept):
+    random_events(tenant=acme, departments=[research_dept], n=200)
+    rollups.roll_up_pending()
+    before = sorted(HourlyRollup.objects.values_list("hour", "department_id", "model", "currency", "requests", "cost"))
+    rollups.rebuild(start=T0 - timedelta(days=1), end=T0 + timedelta(days=1))
+    rollups.roll_up_pending()
+    after = sorted(HourlyRollup.objects.values_list("hour", "department_id", "model", "currency", "requests", "cost"))
+    assert after == before
+
+
+def test_a_late_event_re_rolls_its_old_bucket(acme, research_dept):
+    make_usage_event(tenant=acme, department=research_dept, occurred_at=T0, cost=Decimal("1.0000000001"))
+    first = rollups.roll_up_pending(now=timezone.now() + timedelta(minutes=5))
+    assert first.hours == 1
+    # Nothing new: the next run (past the safety lag) touches no bucket.
+    assert rollups.roll_up_pending(now=timezone.now() + timedelta(minutes=10)).hours == 0
+    # An event for the same old hour arrives much later.
+    late = make_usage_event(tenant=acme, department=research_dept, occurred_at=T0 + timedelta(minutes=59))
+    UsageEvent.objects.filter(pk=late.pk).update(received_at=timezone.now() + timedelta(minutes=11))
+    result = rollups.roll_up_pending(now=timezone.now() + timedelta(minutes=12))
+    assert result.hours == 1 and result.tenants == {acme.pk}
+    row = HourlyRollup.objects.get()
+    assert row.requests == 2
+    assert row.cost == Decimal("1.0000000001") + Decimal("0.000360")
+    assert DailyRollup.objects.get().requests == 2
+
+
+def test_an_event_committed_inside_the_safety_lag_is_not_missed(acme, research_dept):
+    now = timezone.now()
+    rollups.roll_up_pending(now=now)
+    # Stamped before the watermark (its transaction was still open when the run looked).
+    event = make_usage_event(tenant=acme, department=research_dept)
+    UsageEvent.objects.filter(pk=event.pk).update(received_at=now - timedelta(seconds=30))
+    assert rollups.roll_up_pending(now=now + timedelta(minutes=1)).hours == 1
+    assert HourlyRollup.objects.get().requests == 1
+
+
+def test_rollups_are_per_tenant(acme, research_dept, other_tenant, other_dept):
+    make_usage_event(tenant=acme, department=research_dept, occurred_at=T0, cost=Decimal("2"))
+    make_usage_event(tenant=other_tenant, department=other_dept, occurred_at=T0, cost=Decimal("5"))
+    rollups.roll_up_pending()
+    assert HourlyRollup.objects.get(tenant=acme).cost == Decimal("2")
+    assert HourlyRollup.objects.get(tenant=other_tenant).cost == Decimal("5")
+    HourlyRollup.objects.all().delete()
+    rollups.rebuild(start=T0, end=T0 + timedelta(hours=1), tenant_id=acme.pk)
+    assert list(HourlyRollup.objects.values_list("tenant_id", flat=True)) == [acme.pk]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_percentiles_from_rollups_are_within_the_stated_error(acme, research_dept, seed):
+    rng = random.Random(seed)
+    latencies = [max(1, int(rng.lognormvariate(6.5, 1.2))) for _ in range(500)] + [rng.randrange(1, 50) for _ in range(50)]
+    UsageEvent.objects.bulk_create(
+        [
+            UsageEvent(
+                tenant=acme, event_id=f"l{i}", source="ingest", provider="openai", model="m", cost_provenance="computed",
+                occurred_at=T0 + timedelta(minutes=i % 600), latency_ms=v, ttft_ms=v // 3, department=research_dept,
+            )
+            for i, v in enumerate(latencies)
+        ]
+    )  # fmt: skip
+    rollups.roll_up_pending()
+    query = rollups.ReportQuery(tenant=acme, start=T0, end=T0 + timedelta(hours=10))
+    (row,) = rollups.latency_percentiles(query=query)
+    ordered = sorted(latencies)
+    for name, q in rollups.QUANTILES:
+        exact = ordered[max(1, math.ceil(q * len(ordered))) - 1]
+        assert abs(row[f"latency_{name}_ms"] - exact) <= exact * rollups.MAX_RELATIVE_ERROR + 0.05, name
+        exact_ttft = sorted(v // 3 for v in latencies)[max(1, math.ceil(q * len(ordered))) - 1]
+        assert abs(row[f"ttft_{name}_ms"] - exact_ttft) <= exact_ttft * rollups.MAX_RELATIVE_ERROR + 0.05, name
+
+
+def test_the_histogram_error_bound_is_under_ten_percent_for_every_whole_millisecond():
+    assert rollups.MAX_RELATIVE_ERROR < 0.10
+    for value in range(0, 700_000, 7):
+        estimate = rollups.bucket_value_ms(rollups.histogram_bucket(value))
+        if value < rollups.HISTOGRAM_EDGES_MS[-1]:
+            assert abs(estimate - value) <= value * rollups.MAX_RELATIVE_ERROR + 1e-9
+
+
+def test_invoice_lines_are_exact_and_keep_eval_traffic_apart(acme, research_dept):
+    make_usage_event(tenant=acme, department=research_dept, occurred_at=T0, cost=Decimal("0.1234567891"))
+    make_usage_event(tenant=acme, department=research_dept, occurred_at=T0, cost=Decimal("0.0000000009"))
+    make_usage_event(tenant=acme, department=research_dept, occurred_at=T0, feature="eval", cost=Decimal("3"))
+    make_usage_event(tenant=acme, department=research_dept, occurred_at=T0, cost=None, cost_provenance="unpriced")
+    rollups.roll_up_pending()
+    lines = rollups.invoice_lines(tenant=acme, month_start=date(2025, 3, 1), month_end=date(2025, 4, 1))
+    assert [(x.department_code, x.is_eval, x.requests, x.unpriced, x.cost, x.input_tokens) for x in lines] == [
+        ("research", False, 3, 1, Decimal("0.1234567900"), 3600),
+        ("research", True, 1, 0, Decimal("3"), 1200),
+    ]
+
+
+def test_roll_up_command_rebuilds_a_range_with_progress(acme, research_dept):
+    make_usage_event(tenant=acme, department=research_dept, occurred_at=T0)
+    out = StringIO()
+    call_command("roll_up", "--start", "2025-03-01", "--end", "2025-03-03", "--tenant", "acme", stdout=out)
+    assert "2025-03-01 00:00 → 2025-03-02 00:00 UTC" in out.getvalue()
+    assert "Rolled up 48 hours" in out.getvalue()
+    assert HourlyRollup.objects.get().requests == 1
+
+
+def test_roll_up_command_rejects_a_bad_range(acme):
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="--end"):
+        call_command("roll_up", "--start", "2025-03-02", "--end", "2025-03-01")
+    with pytest.raises(CommandError, match="--tenant"):
+        call_command("roll_up", "--tenant", "nope")
+
+
+@pytest.mark.postgres
+def test_postgres_rollup_sums_equal_a_raw_sql_sum(acme, research_dept, sales_dept):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("NUMERIC exactness is checked against SQL sums on PostgreSQL")
+    random_events(tenant=acme, departments=[research_dept, sales_dept], n=800, seed=21)
+    rollups.roll_up_pending()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT currency, sum(cost), count(*), sum(input_tokens) FROM telemetry_usageevent WHERE tenant_id = %s GROUP BY 1 ORDER BY 1",
+            [acme.pk],
+        )
+        raw = cursor.fetchall()
+        cursor.execute(
+            "SELECT currency, sum(cost), sum(requests), sum(input_tokens) FROM telemetry_dailyrollup WHERE tenant_id = %s GROUP BY 1 ORDER BY 1",
+            [acme.pk],
+        )
+        rolled = cursor.fetchall()
+    assert [(c, Decimal(s), int(n), int(t)) for c, s, n, t in rolled] == [(c, s, n, t) for c, s, n, t in raw]

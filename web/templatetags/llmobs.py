@@ -1,0 +1,87 @@
+"""Formatting for pages: money with its currency (rounded once, by chargeback.money), token
+counts with thousands separators, percentages."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+from django import template
+
+from chargeback.money import format_money
+
+register = template.Library()
+
+
+@register.filter
+def money(amount: Decimal | int | str | None, currency: str = "USD") -> str:
+    """`{{ amount|money:currency }}` → "1,234.57 USD"; None → "—" (unpriced is not zero)."""
+    if amount is None or amount == "":
+        return format_money(None, currency)
+    try:
+        value = amount if isinstance(amount, Decimal) else Decimal(str(amount))
+    except InvalidOperation:
+        return ""
+    return format_money(value, currency or "USD")
+
+
+@register.filter
+def call_cost(amount: Decimal | None, currency: str = "USD") -> str:
+    """One call's cost, to 1/100 of a cent ("0.0042 USD"): single calls are mostly fractions
+    of a cent, and "0.00 USD" would read as free. Totals use `money` (rounded to the cent)."""
+    if amount is None:
+        return format_money(None, currency)
+    return f"{amount.quantize(Decimal('0.0001'), rounding=ROUND_HALF_UP):,} {currency}"
+
+
+@register.filter
+def tokens(value: int | None) -> str:
+    """12345678 → "12,345,678"."""
+    if value is None or value == "":
+        return "—"
+    return f"{int(value):,}"
+
+
+@register.filter
+def percent(value: Decimal | float | int | None, places: int = 0) -> str:
+    """A percentage already in percent units: 83.456 → "83%" (or "83.5%" with :1)."""
+    if value is None or value == "":
+        return "—"
+    return f"{Decimal(str(value)):,.{int(places)}f}%"
+
+
+@register.filter
+def gauge_width(value: Decimal | float | int | None) -> str:
+    """A CSS width for a gauge bar: the percentage clamped to 0-100."""
+    if value is None:
+        return "0"
+    return f"{max(0, min(100, float(value))):.1f}"
+
+
+@register.filter
+def rate_percent(value: float | Decimal | None, places: int = 1) -> str:
+    """A rate as a fraction (0.0234) shown in percent ("2.3%")."""
+    if value is None or value == "":
+        return "—"
+    return f"{Decimal(str(value)) * 100:,.{int(places)}f}%"
+
+
+@register.filter
+def ms(value: float | int | None) -> str:
+    """Milliseconds: "840 ms" below ten seconds, else seconds with one decimal ("12.4 s")."""
+    if value is None or value == "":
+        return "—"
+    value = float(value)
+    return f"{value:,.0f} ms" if value < 10_000 else f"{value / 1000:,.1f} s"
+
+
+@register.filter
+def anomaly_value(anomaly, which: str) -> str:
+    """An anomaly's observed or expected value in its metric's unit."""
+    value = getattr(anomaly, which)
+    if anomaly.metric == "cost":
+        return money(value, anomaly.tenant.currency)
+    if anomaly.metric == "error_rate":
+        return rate_percent(value)
+    if anomaly.metric == "p95_latency":
+        return ms(value)
+    return f"{Decimal(value).quantize(Decimal(1), rounding=ROUND_HALF_UP):,}"
