@@ -19,7 +19,9 @@ from decimal import Decimal
 
 import pytest
 import schemathesis
+from django.core import signals
 from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
 from django.test import Client
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -45,7 +47,19 @@ ingest_schema = schema.include(path_regex=r"^/(api/v1/usage-events|v1/traces)$")
 
 
 @pytest.fixture
-def ingest_world(db):
+def keep_test_connection():
+    """Schemathesis calls the WSGI application directly, so Django's request_finished signal
+    runs close_old_connections, which closes the test transaction's connection on PostgreSQL
+    (autocommit is off inside it). Django's test Client disconnects it the same way."""
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_finished.disconnect(close_old_connections)
+    yield
+    signals.request_started.connect(close_old_connections)
+    signals.request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
+def ingest_world(db, keep_test_connection):
     tenant = Tenant.objects.create(name="Fuzz", slug="fuzz")
     Department.objects.create(tenant=tenant, code="research", name="Research")
     _, token = create_api_key(tenant=tenant, name="fuzz")

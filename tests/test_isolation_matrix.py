@@ -32,7 +32,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from chargeback.keys import create_api_key
 from chargeback.models import Budget, Department, Invoice, Role, Route, Tenant
-from telemetry.models import Anomaly, UsageEvent
+from telemetry.models import Anomaly, EvalConfig, EvalScore, Feedback, UsageEvent
 from tests.factories import make_budget, make_member, make_route, make_usage_event
 
 REFUSE = "refuse"
@@ -149,9 +149,20 @@ def build_world() -> World:
         severity=Anomaly.Severity.values[-1],
         explanation="zebulon spend spike explanation",
     )
+    config = EvalConfig.objects.create(tenant=b, name="zebulon-secret-rubric", judge_route=route, criteria="c")
+    EvalScore.objects.create(
+        tenant=b, config=config, event_id=event_ids[0], event_at=datetime(2026, 10, 5, 12, tzinfo=UTC),
+        department=b_dept, department_code=b_dept.code, model="zebulon-model-x", feature="zebulon-feature",
+        kind="rubric", status="ok", passed=True, normalized=1.0,
+    )  # fmt: skip
+    Feedback.objects.create(
+        tenant=b, event_id=event_ids[0], author="user:999999", event_at=datetime(2026, 10, 5, 12, tzinfo=UTC),
+        department=b_dept, department_code=b_dept.code, model="zebulon-model-x", feature="zebulon-feature", thumbs="up",
+    )  # fmt: skip
     secrets = [
         b.name, b.slug, b_dept.code, b_dept.name, *event_ids, "zebulon-ceo@secretco", budget.name,
-        route.alias, invoice.number, invoice.notes, anomaly.explanation, "777777",
+        route.alias, invoice.number, invoice.notes, anomaly.explanation, "777777", config.name,
+        "zebulon-model-x", "zebulon-feature",
     ]  # fmt: skip
     return World(
         a=a, a_dept=a_dept, b=b, b_dept=b_dept, b_invoice=invoice, b_anomaly=anomaly, b_budget=budget,
@@ -174,6 +185,7 @@ def b_state(w: World) -> tuple:
         w.b_budget.amount,
         UsageEvent.objects.filter(tenant=w.b).count(),
         sorted(UsageEvent.objects.filter(tenant=w.b).values_list("event_id", flat=True)),
+        Feedback.objects.filter(tenant=w.b).count(),
     )
 
 
@@ -379,6 +391,13 @@ CASES: dict[str, Callable[[World], list[Req]]] = {
     ],
     "web:report-pdf": lambda w: [Req("GET", "/reports/month/2026-10-01/pdf/" + _q(department=w.b_dept.code), REFUSE)],
     "api-anomaly-resolve": lambda w: [Req("POST", f"/api/v1/anomalies/{w.b_anomaly.pk}/resolve", REFUSE, data={})],
+    # Feedback on B's call: the event id is unknown in A, so a 404 exactly like a made-up one.
+    # (Not b_event_ids[0]: the ingest case above legitimately stores an A event with that id.)
+    "api-feedback": lambda w: [
+        Req("POST", "/api/v1/feedback", REFUSE, data={"event_id": w.b_event_ids[2], "thumbs": "down"}),
+        Req("POST", "/api/v1/feedback", REFUSE, data={"event_id": w.b_event_ids[1], "signals": ["regenerated"]}),
+    ],
+    "api-evals-summary": lambda w: _report_queries(w, "/api/v1/evals/summary"),
 }
 
 

@@ -112,7 +112,7 @@ class AnomalyAckView(APIView):
             qs = qs.filter(department_id__in=viewer.department_ids)
         anomaly = qs.filter(pk=anomaly_id).first()
         if anomaly is None:
-            raise NotFound(f"No anomaly {anomaly_id} in your scope.")
+            raise NotFound("No such anomaly in your scope.")
         anomaly = anomalies.acknowledge(anomaly=anomaly, user=viewer.user)
         return Response(_row(anomaly))
 
@@ -135,6 +135,6 @@ class AnomalyResolveView(APIView):
             qs = qs.filter(department_id__in=viewer.department_ids)
         anomaly = qs.filter(pk=anomaly_id).first()
         if anomaly is None:
-            raise NotFound(f"No anomaly {anomaly_id} in your scope.")
+            raise NotFound("No such anomaly in your scope.")
         anomaly = anomalies.resolve(anomaly=anomaly, user=viewer.user)
         return Response(_row(anomaly))
