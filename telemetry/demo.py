@@ -39,7 +39,7 @@ from chargeback.models import (
 from chargeback.pricing import get_price_book, price_usage
 from chargeback.usage import Usage
 from telemetry import anomalies, rollups
-from telemetry.models import DailyRollup, DimensionRollup, HourlyRollup, UsageEvent
+from telemetry.models import DailyRollup, DimensionRollup, EvalConfig, EvalScore, Feedback, HourlyRollup, UsageEvent
 
 DEMO_SLUG = "acme"
 DEMO_PASSWORD = "llmobs-demo"  # noqa: S105 - printed to the person who ran seed_demo, demo only
@@ -101,6 +101,8 @@ def reset_demo() -> None:
     if tenant is None:
         return
     UsageEvent.objects.filter(tenant=tenant).delete()
+    EvalConfig.objects.filter(tenant=tenant).delete()  # before the routes its judge is PROTECTed by
+    Feedback.objects.filter(tenant=tenant).delete()
     for rollup in (HourlyRollup, DailyRollup, DimensionRollup):  # no FK cascade on rollups
         rollup.objects.filter(tenant=tenant).delete()
     # The demo's invoices and their audit trail go with it (a queryset delete: issued invoices
@@ -289,16 +291,107 @@ def seed_demo(
     # should show numbers as soon as seeding ends, without waiting for the beat schedule.
     say("Building the rollups (hourly, daily, per user/feature/tag)…")
     rollups.rebuild(
-        start=now - timedelta(hours=hour_count), end=now + timedelta(hours=1), tenant_id=tenant.pk, chunk=timedelta(days=7)
+        start=now - timedelta(hours=hour_count),
+        end=now + timedelta(hours=1),
+        tenant_id=tenant.pk,
+        chunk=timedelta(days=7),
     )
     # Score the planted Research spike like the hourly task would have (scoring every hour of
     # the month would take minutes); later hours are scored by the beat schedule when it runs.
     say("Scoring the Research spike for anomalies…")
     for k in range(int((spike_end - spike_start) / timedelta(hours=1))):
         anomalies.score_tenant(tenant=tenant, hour=spike_start + timedelta(hours=k))
+    say("Adding quality verdicts and feedback for the last two weeks…")
+    _seed_quality(rng, tenant, rows, now)
     unpriced = sum(1 for r in rows if r.cost_provenance == UsageEvent.Provenance.UNPRICED)
     total = sum((r.cost for r in rows if r.cost is not None), Decimal(0))
     return SeedResult(tenant=tenant, events=len(rows), unpriced=unpriced, cost=total)
+
+
+# How often the demo's judge passes each served model (1-5 rubric, pass at 4): the small local
+# model is visibly worse, which is the story the Quality page tells next to its low cost.
+PASS_BY_MODEL = {
+    "gpt-4o-2024-08-06": 0.9,
+    "gpt-4o-mini-2024-07-18": 0.83,
+    "o3-mini": 0.88,
+    "claude-sonnet-4-20250514": 0.93,
+    "claude-3-5-haiku-20241022": 0.84,
+    "llama3.1:8b": 0.64,
+}
+FAILED_REASONS = [
+    "Answers a different question than the one asked.",
+    "Leaves out the second half of the request.",
+    "States a figure that the conversation does not support.",
+    "Correct but so terse that the user has to ask again.",
+]
+PASSED_REASONS = ["Complete and accurate.", "Addresses every part of the request.", "Clear and correct."]
+
+
+def _seed_quality(rng: random.Random, tenant: Tenant, rows: list[UsageEvent], now: datetime) -> None:
+    """Demo verdicts as a sampling judge would have left them (no judge is called: the demo has
+    no provider keys), plus thumbs from the chat page. Labelled demo data, like the events."""
+    judge = Route.objects.get(tenant=tenant, alias="gpt-4o-mini")
+    helpful = EvalConfig.objects.create(
+        tenant=tenant, name="Helpfulness", judge_route=judge, sample_rate=Decimal("0.04"),
+        criteria="Answers the user's actual question completely and correctly, without padding.",
+        slo_min_pass_rate=Decimal("0.80"), baseline_margin=Decimal("0.10"),
+    )  # fmt: skip
+    grounded = EvalConfig.objects.create(
+        tenant=tenant, name="Support answers grounded", kind=EvalConfig.Kind.FAITHFULNESS, judge_route=judge,
+        criteria="Every claim in the answer is supported by the retrieved knowledge-base articles.",
+        sample_rate=Decimal("0.1"), filter_department=Department.objects.get(tenant=tenant, code="support"),
+        filter_feature="kb-search", slo_min_pass_rate=Decimal("0.85"),
+    )  # fmt: skip
+    since = now - timedelta(days=14)
+    scores, feedback = [], []
+    for event in rows:
+        if event.occurred_at < since or event.status != UsageEvent.Status.OK or event.cost is None:
+            continue
+        for config, kind, share in (
+            (helpful, EvalScore.Kind.RUBRIC, helpful.sample_rate),
+            (grounded, EvalScore.Kind.FAITHFULNESS, grounded.sample_rate if event.feature == "kb-search" else 0),
+        ):
+            if rng.random() >= share:
+                continue
+            passed = rng.random() < PASS_BY_MODEL.get(event.model, 0.8)
+            score = rng.choice([4, 5, 5]) if passed else rng.choice([1, 2, 2, 3, 3])
+            scores.append(
+                EvalScore(
+                    tenant=tenant,
+                    config=config,
+                    event_id=event.event_id,
+                    event_at=event.occurred_at,
+                    department=event.department,
+                    department_code=event.department_code,
+                    model=event.model,
+                    feature=event.feature,
+                    kind=kind,
+                    status=EvalScore.Status.OK,
+                    score=Decimal(score),
+                    normalized=(score - 1) / 4,
+                    passed=passed,
+                    judge_model="gpt-4o-mini-2024-07-18",
+                    reasoning=rng.choice(PASSED_REASONS if passed else FAILED_REASONS),
+                )
+            )
+        if event.feature in ("code-assist", "reply-draft") and rng.random() < 0.05:
+            good = rng.random() < PASS_BY_MODEL.get(event.model, 0.8) + 0.04
+            feedback.append(
+                Feedback(
+                    tenant=tenant,
+                    event_id=event.event_id,
+                    author=f"user:{event.user_ref}",
+                    event_at=event.occurred_at,
+                    department=event.department,
+                    department_code=event.department_code,
+                    model=event.model,
+                    feature=event.feature,
+                    thumbs=Feedback.Thumbs.UP if good else Feedback.Thumbs.DOWN,
+                    regenerated=not good and rng.random() < 0.5,
+                )
+            )
+    EvalScore.objects.bulk_create(scores, batch_size=2000)
+    Feedback.objects.bulk_create(feedback, batch_size=2000)
 
 
 def _event(

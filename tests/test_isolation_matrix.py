@@ -398,6 +398,11 @@ CASES: dict[str, Callable[[World], list[Req]]] = {
         Req("POST", "/api/v1/feedback", REFUSE, data={"event_id": w.b_event_ids[1], "signals": ["regenerated"]}),
     ],
     "api-evals-summary": lambda w: _report_queries(w, "/api/v1/evals/summary"),
+    "web:quality": lambda w: [
+        Req("GET", "/quality/", SCOPED),
+        Req("GET", "/quality/" + _q(department=w.b_dept.code, start="2026-10-01", end="2026-10-31"), SCOPED),
+        Req("GET", "/quality/" + _q(start="2026-10-01", end="2026-10-31"), SCOPED),
+    ],
 }
 
 

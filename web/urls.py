@@ -1,9 +1,9 @@
 """Page URLs (namespace `web`). The names are the ones web.navigation.NAVIGATION lists; a page
-joins the menu by resolving. Quality and Chat land with their own work."""
+joins the menu by resolving."""
 
 from django.urls import path
 
-from web import views, views_anomalies, views_chat, views_invoices, views_reports, views_stakeholder
+from web import views, views_anomalies, views_chat, views_invoices, views_quality, views_reports, views_stakeholder
 
 app_name = "web"
 
@@ -33,5 +33,6 @@ urlpatterns = [
     path("anomalies/", views_anomalies.anomaly_list, name="anomalies"),
     path("anomalies/<int:pk>/ack/", views_anomalies.anomaly_ack, name="anomaly-ack"),
     path("anomalies/<int:pk>/resolve/", views_anomalies.anomaly_resolve, name="anomaly-resolve"),
+    path("quality/", views_quality.quality, name="quality"),
     *views_stakeholder.urlpatterns,
 ]

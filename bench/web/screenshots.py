@@ -51,6 +51,9 @@ SHOTS = [
     ("invoices-manager.png", "manager", "/invoices/", 1280),
     ("anomalies.png", "finance", "/anomalies/?status=all", 1280),
     ("anomalies-manager.png", "manager", "/anomalies/", 1280),
+    ("quality.png", "finance", "/quality/?start={two_weeks_ago}&end={today}", 1280),
+    ("chat.png", "employee", "/chat/", 1280),
+    ("reports.png", "finance", "/reports/", 1280),
     ("overview-375.png", "finance", "/overview/", 375),
     ("invoice-detail-375.png", "finance", "/invoices/{invoice}/", 375),
     ("my-usage.png", "employee", "/me/usage/", 1280),
@@ -127,6 +130,7 @@ def main() -> None:
         shoot(
             base, args.chromium, budget=budget, company_budget=company_budget, invoice=invoice,
             last_month=f"{last_month:%Y-%m}", today=today.isoformat(),
+            two_weeks_ago=(today - timedelta(days=14)).isoformat(),
         )  # fmt: skip
     finally:
         server.terminate()

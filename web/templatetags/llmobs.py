@@ -85,3 +85,9 @@ def anomaly_value(anomaly, which: str) -> str:
     if anomaly.metric == "p95_latency":
         return ms(value)
     return f"{Decimal(value).quantize(Decimal(1), rounding=ROUND_HALF_UP):,}"
+
+
+@register.filter
+def get_item(mapping: dict | None, key: str):
+    """`row|get_item:name`: a dict value by a key held in a variable (None when absent)."""
+    return mapping.get(key) if isinstance(mapping, dict) else None
