@@ -40,7 +40,9 @@ REDACTIONS: list[tuple[re.Pattern[str], str]] = [
 
 
 def redact(text: str) -> tuple[str, int]:
-    """The text with secrets and e-mail addresses masked, and how many were masked."""
+    """The text with secrets and e-mail addresses masked, and how many were masked. NUL
+    characters are dropped too: PostgreSQL cannot store them in text or jsonb."""
+    text = text.replace("\x00", "")
     total = 0
     for pattern, replacement in REDACTIONS:
         text, count = pattern.subn(replacement, text)

@@ -19,6 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from chargeback.auth import authenticate_token, bearer_token
 from chargeback.models import Membership
+from llmobs.jsontext import find_nul, nul_message
 from telemetry import gateway
 from telemetry.gateway import CallContext, GatewayError, Outcome
 from telemetry.models import UsageEvent
@@ -109,6 +110,8 @@ def chat(request: HttpRequest) -> HttpResponse:
             body = orjson.loads(request.body)
         except orjson.JSONDecodeError as exc:
             raise GatewayError(400, "invalid_request", f"The body is not valid JSON: {exc}.") from exc
+        if (nul := find_nul(body)) is not None:
+            raise GatewayError(400, "invalid_request", nul_message(nul), param=nul)
         alias, chat_request, stream, session_id = parse_chat(body)
         ctx = _context(request, session_id)
         if isinstance(ctx, HttpResponse):

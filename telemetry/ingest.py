@@ -763,7 +763,7 @@ def resolve_departments(*, tenant_id: int, codes: Iterable[str]) -> dict[str, in
         entry = _departments.get((tenant_id, code))
         if entry is not None and entry[1] > now:
             found[code] = entry[0]
-        elif 0 < len(code) <= 64:
+        elif 0 < len(code) <= 64 and "\x00" not in code:  # PostgreSQL refuses NUL in a parameter
             missing.append(code)
     if missing:
         rows = Department.objects.filter(tenant_id=tenant_id, code__in=missing).values_list("code", "id")

@@ -115,3 +115,6 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     else:
         registry = REGISTRY
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+RECORDER_DROPPED = Counter(
+    "llmobs_recorder_dropped_events", "Gateway usage events the database refused to store (logged with their id)."
+)

@@ -17,6 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from chargeback.auth import authenticate_token, bearer_token
 from chargeback.models import ApiKey
+from llmobs.jsontext import find_nul, nul_message
 from telemetry import gateway
 from telemetry.gateway import CallContext, GatewayError, Outcome
 from telemetry.providers import ChatRequest
@@ -90,8 +91,8 @@ def parse_stop(body: dict[str, Any]) -> list[str] | None:
 def short_text(value: Any, name: str) -> str:
     if value is None:
         return ""
-    if not isinstance(value, str) or len(value) > ATTRIBUTION_MAX:
-        raise _invalid(f"'{name}' must be a string of at most {ATTRIBUTION_MAX} characters.", name)
+    if not isinstance(value, str) or len(value) > ATTRIBUTION_MAX or "\x00" in value:
+        raise _invalid(f"'{name}' must be a string of at most {ATTRIBUTION_MAX} characters, without NUL.", name)
     return value
 
 
@@ -209,6 +210,8 @@ def chat_completions(request: HttpRequest) -> HttpResponse:
             raise _invalid(f"The body is not valid JSON: {exc}.", None) from exc
         if not isinstance(body, dict):
             raise _invalid("The body must be a JSON object.", None)
+        if (nul := find_nul(body)) is not None:
+            raise _invalid(nul_message(nul), nul)
         alias, chat_request, stream, include_usage = parse_request(body)
         meta = request.META
         ctx = CallContext.for_key(

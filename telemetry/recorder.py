@@ -25,8 +25,9 @@ import threading
 import time
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DataError, close_old_connections, transaction
 
+from telemetry import metrics
 from telemetry.models import CapturedContent, UsageEvent
 
 logger = logging.getLogger(__name__)
@@ -84,9 +85,34 @@ class Recorder:
         events = [event for event, _ in batch]
         captures = [capture for _, capture in batch if capture is not None]
         with self._write_lock:
-            UsageEvent.objects.bulk_create(events, ignore_conflicts=True)
-            if captures:
-                CapturedContent.objects.bulk_create(captures, ignore_conflicts=True)
+            try:
+                with transaction.atomic():
+                    UsageEvent.objects.bulk_create(events, ignore_conflicts=True)
+                    if captures:
+                        CapturedContent.objects.bulk_create(captures, ignore_conflicts=True)
+            except DataError:
+                # One row the database refuses (a value it cannot store) must not hold the
+                # whole batch hostage, retried forever: write them one at a time instead.
+                self._write_one_by_one(batch)
+
+    @staticmethod
+    def _write_one_by_one(batch: list[Item]) -> None:
+        for event, capture in batch:
+            try:
+                with transaction.atomic():
+                    UsageEvent.objects.bulk_create([event], ignore_conflicts=True)
+            except DataError:
+                logger.exception("Usage event %s cannot be stored and is dropped", event.event_id)
+                metrics.RECORDER_DROPPED.inc()
+                continue
+            if capture is None:
+                continue
+            try:
+                with transaction.atomic():
+                    CapturedContent.objects.bulk_create([capture], ignore_conflicts=True)
+            except DataError:
+                # The money (the event) is kept; only the captured text is lost.
+                logger.exception("Captured content of %s cannot be stored and is dropped", event.event_id)
 
     def _ensure_thread(self) -> None:
         if not getattr(settings, "LLMOBS_RECORDER_BACKGROUND", True):

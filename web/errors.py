@@ -35,3 +35,10 @@ def handler500(request: HttpRequest) -> HttpResponse:
         return json_error("server_error", "Something went wrong on our side; it has been logged.", 500)
     # No request context: the failure may be in the database or a context processor.
     return HttpResponse(loader.get_template("500.html").render(), status=500)
+
+
+def bad_request(request: HttpRequest, message: str) -> HttpResponse:
+    """A 400 outside any view: JSON for API clients, the layout's error page for people."""
+    if _is_api(request):
+        return json_error("invalid_request", message, 400)
+    return render(request, "web/bad_request.html", {"title": "Bad request", "message": message}, status=400)
