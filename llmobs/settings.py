@@ -74,7 +74,9 @@ WSGI_APPLICATION = "llmobs.wsgi.application"
 
 # --- Database ---------------------------------------------------------------------------------
 # An empty DATABASE_URL (e.g. `DATABASE_URL= ./dev up`) means the embedded default too.
-DATABASES = {"default": env.db_url_config(env.str("DATABASE_URL", default="") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+DATABASES = {
+    "default": env.db_url_config(env.str("DATABASE_URL", default="") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the dev server read while a seed or a test writes.
     DATABASES["default"].setdefault("OPTIONS", {})["init_command"] = "PRAGMA journal_mode=WAL;"
