@@ -209,18 +209,25 @@ def rebuild(
     zones = _tenant_zones(tenant_ids)
     result = RollupResult(tenants=set(tenant_ids))
     cursor_at = start
+    done: set[tuple[int, date]] = set()
     while cursor_at < end:
         chunk_end = min(cursor_at + chunk, end)
         with transaction.atomic():
             _lock(HOURLY_STREAM)
             _recompute_hour_range(cursor_at, chunk_end, tenant_ids)
+            touched = {
+                (t, (cursor_at + HOUR * i).astimezone(zones[t]).date())
+                for t in tenant_ids
+                for i in range(int((chunk_end - cursor_at) / HOUR))
+            }
+            # A tenant's local day straddles two UTC chunks: roll its daily and per-dimension
+            # rows once, in the chunk that completes it (or the last one), not once per chunk.
             days = sorted(
-                {
-                    (t, (cursor_at + HOUR * i).astimezone(zones[t]).date())
-                    for t in tenant_ids
-                    for i in range(int((chunk_end - cursor_at) / HOUR))
-                }
+                (t, d)
+                for t, d in touched - done
+                if chunk_end >= end or local_day_bounds(d, zones[t])[1] <= chunk_end
             )
+            done.update(days)
             _recompute_days(days)
             _lock(DIMENSION_STREAM)
             _recompute_dimension_days(days)

@@ -120,6 +120,40 @@ def test_latency_histograms_count_every_timed_event(acme, research_dept):
     assert sum(r.latency_sum_ms for r in HourlyRollup.objects.all()) == sum(e.latency_ms or 0 for e in events)
 
 
+def test_every_histogram_bucket_and_measure_equals_a_python_reference(acme, research_dept, sales_dept):
+    """Each hourly row, bucket by bucket, against an independent count of the raw events (the
+    PostgreSQL path pivots its histograms in SQL; this pins every column of it)."""
+    events = random_events(tenant=acme, departments=[research_dept, sales_dept], n=600, seed=5)
+    rollups.roll_up_pending()
+    expected: dict[tuple, dict] = defaultdict(lambda: defaultdict(int))
+    for e in events:
+        key = (
+            e.occurred_at.replace(minute=0, second=0, microsecond=0), e.department_id or 0, e.provider, e.model,
+            e.currency, e.feature == "eval" or e.source == "eval",
+        )  # fmt: skip
+        row = expected[key]
+        row["requests"] += 1
+        row["errors"] += e.status != "ok"
+        row["unpriced"] += e.cost is None
+        row["cost"] += e.cost or 0
+        for f in COUNT_FIELDS[3:]:
+            row[f] += getattr(e, f)
+        if e.latency_ms is not None:
+            row["latency_count"] += 1
+            row["latency_sum_ms"] += e.latency_ms
+            row[rollups.LATENCY_FIELDS[rollups.histogram_bucket(e.latency_ms)]] += 1
+        if e.ttft_ms is not None:
+            row["ttft_count"] += 1
+            row["ttft_sum_ms"] += e.ttft_ms
+            row[rollups.TTFT_FIELDS[rollups.histogram_bucket(e.ttft_ms)]] += 1
+    rows = list(HourlyRollup.objects.all())
+    assert len(rows) == len(expected)
+    for r in rows:
+        want = expected[(r.hour, r.department_id, r.provider, r.model, r.currency, r.is_eval)]
+        got = {m: getattr(r, m) for m in rollups.HOURLY_MEASURES}
+        assert got == {m: want.get(m, 0) for m in rollups.HOURLY_MEASURES}, (r.hour, r.department_id, r.model)
+
+
 def test_dimension_rollup_sums_users_features_and_configured_tags(acme, research_dept):
     events = random_events(tenant=acme, departments=[research_dept], n=400, seed=11)
     rollups.roll_up_dimensions_pending()
@@ -241,6 +275,25 @@ def test_roll_up_command_rebuilds_a_range_with_progress(acme, research_dept):
     assert "2025-03-01 00:00 → 2025-03-02 00:00 UTC" in out.getvalue()
     assert "Rolled up 48 hours" in out.getvalue()
     assert HourlyRollup.objects.get().requests == 1
+
+
+def test_rebuild_rolls_each_local_day_once_and_exactly(acme, research_dept):
+    """Europe/Paris days straddle the UTC chunks: each is rolled once, after all its hours."""
+    acme.timezone = "Europe/Paris"
+    acme.save()
+    events = random_events(tenant=acme, departments=[research_dept], n=300, seed=9, start=T0, hours=60)
+    result = rollups.rebuild(start=T0 - timedelta(hours=20), end=T0 + timedelta(hours=64), tenant_id=acme.pk)
+    local_days = {(T0 - timedelta(hours=20) + timedelta(hours=h)).astimezone(acme.tz).date() for h in range(84)}
+    assert result.days == len(local_days)
+    want = raw_sums(events, key=lambda e: e.occurred_at.astimezone(acme.tz).date())
+    got = {r.day: r for r in DailyRollup.objects.all()}
+    for day, sums in want.items():
+        rows = list(DailyRollup.objects.filter(day=day))
+        assert sum(r.requests for r in rows) == sums["requests"]
+        assert sum(r.cost for r in rows) == sums["cost"]
+    assert set(got) <= local_days
+    dims = DimensionRollup.objects.filter(dimension="user")
+    assert sum(r.requests for r in dims) == len(events)
 
 
 def test_roll_up_command_rejects_a_bad_range(acme):
