@@ -39,10 +39,7 @@ class SamplingPolicyAdmin(AuditedAdmin):
         kept = sampling.get_kept_fraction(tenant=obj.tenant_id)
         if not kept.total:
             return "no gateway calls"
-        labels = dict(SamplingReason.choices)
-        reasons = ", ".join(
-            f"{labels.get(r, r).removeprefix('Kept: ')} {n:,}" for r, n in sorted(kept.by_reason.items())
-        )
+        reasons = ", ".join(f"{r} {kept.by_reason[r]:,}" for r in SamplingReason.values if r in kept.by_reason)
         return f"{kept.fraction:.1%} of {kept.total:,} ({reasons})"
 
     def save_model(self, request: HttpRequest, obj: SamplingPolicy, form, change: bool) -> None:
