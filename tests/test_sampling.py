@@ -157,6 +157,9 @@ def test_policy_defaults_and_tenants_without_a_row(acme, settings):
         Decimal("0.50"),
         Decimal("0.1"),
     )
+    # decide() takes the model row as well as the cached snapshot, with the same answer.
+    for event_id in ("a", "b", "c", "d"):
+        assert decide(row, event_id=event_id) == decide(Policy.of(row), event_id=event_id)
     assert sampling.policy_for(acme.pk) == Policy(enabled=False)
     settings.LLMOBS_SAMPLING_DEFAULT_ENABLED = True
     sampling.forget_policies()
