@@ -108,8 +108,9 @@ class UsageEventAdmin(admin.ModelAdmin):
         "cost_display",
         "currency",
         "cost_provenance",
+        "sampling",
     )
-    list_filter = ("status", "cost_provenance", ProviderFilter, "source", "tenant")
+    list_filter = ("status", "cost_provenance", ProviderFilter, "source", "sampling", "tenant")
     list_select_related = ("tenant",)
     search_fields = ("=event_id", "=trace_id", "=user_ref", "=model")
     search_help_text = "Exact event id, trace id, user or served model."
@@ -160,7 +161,7 @@ class UsageEventAdmin(admin.ModelAdmin):
             },
         ),
         ("Cost", {"fields": ("cost", "currency", "cost_provenance", "price", "reported_cost", "reported_currency")}),
-        ("Trace", {"fields": ("trace_id", "span_id", "parent_span_id")}),
+        ("Trace", {"fields": ("trace_id", "span_id", "parent_span_id", "sampling")}),
     )
 
     @admin.display(description="cost", empty_value="unpriced")

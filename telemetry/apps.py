@@ -9,4 +9,5 @@ class TelemetryConfig(AppConfig):
         from telemetry import (
             admin_evals,  # noqa: F401 - registers the quality admins
             admin_rollups,  # noqa: F401 - registers the anomaly and watermark admins
+            admin_sampling,  # noqa: F401 - registers the trace sampling policy admin
         )

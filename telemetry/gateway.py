@@ -26,7 +26,7 @@ from chargeback import enforcement
 from chargeback.models import ApiKey, Route, Tenant
 from chargeback.pricing import PriceBook, PricedCost, get_price_book, price_usage
 from chargeback.usage import Usage, with_estimate
-from telemetry import capture, metrics, recorder, tracing
+from telemetry import capture, metrics, recorder, sampling, tracing
 from telemetry.models import UsageEvent
 from telemetry.providers import ChatRequest, ChatResult, ProviderError, RouteConfig, get_adapter, text_of
 from telemetry.providers.demo import estimate_tokens
@@ -144,11 +144,13 @@ def metric_model(tenant_id: int, model: str) -> str:
 
 
 def forget_routes() -> None:
-    """Drop the per-process route, model-label and price-book caches (tests, admin changes)."""
+    """Drop the per-process route, model-label, price-book and sampling-policy caches (tests,
+    admin changes)."""
     with _routes_lock:
         _routes.clear()
         _configured_models.clear()
         _books.clear()
+    sampling.forget_policies()
 
 
 _books: dict[int, tuple[float, PriceBook]] = {}
@@ -454,13 +456,22 @@ class Operation:
             **usage_fields,
             **priced.to_fields(),
         )
+        # One sampling decision for the span and the captured text; the event is always kept.
+        decision = sampling.decide(
+            sampling.policy_for(ctx.tenant.pk),
+            status=status,
+            latency_ms=event.latency_ms,
+            cost=priced.cost if priced.currency == ctx.tenant.currency else None,
+            event_id=event_id,
+        )
+        event.sampling = decision.reason
         if span is not None:
             span_context = span.get_span_context()
             event.trace_id = format(span_context.trace_id, "032x")
             event.span_id = format(span_context.span_id, "016x")
-            self._end_span(span, event=event, status=status, finish_reason=finish_reason)
+            self._end_span(span, event=event, status=status, finish_reason=finish_reason, decision=decision)
         captured = None
-        if completion is not None and capture.should_capture(ctx.tenant):
+        if completion is not None and decision.keep and capture.should_capture(ctx.tenant):
             captured = capture.build_capture(
                 tenant=ctx.tenant,
                 event_id=event_id,
@@ -477,6 +488,7 @@ class Operation:
             route.config.provider,
             metric_model(ctx.tenant.pk, route.config.upstream_model),
         )
+        metrics.TRACE_SAMPLING.labels(ctx.tenant.slug, "keep" if decision.keep else "drop", decision.reason).inc()
         metrics.observe_attempt(
             labels=labels,
             status=status,
@@ -488,7 +500,9 @@ class Operation:
         )
         return event_id
 
-    def _end_span(self, span, *, event: UsageEvent, status: str, finish_reason: str) -> None:
+    def _end_span(
+        self, span, *, event: UsageEvent, status: str, finish_reason: str, decision: sampling.Decision
+    ) -> None:
         from opentelemetry.trace import Status, StatusCode
 
         span.set_attribute("gen_ai.response.model", event.model)
@@ -513,6 +527,9 @@ class Operation:
         if status != UsageEvent.Status.OK and status != UsageEvent.Status.CANCELLED:
             span.set_attribute("error.type", event.error_type or status)
             span.set_status(Status(StatusCode.ERROR, event.error_type or status))
+        # Read by tracing.SampledSpanProcessor at span end: a dropped span reaches no exporter.
+        span.set_attribute(tracing.KEEP_ATTRIBUTE, decision.keep)
+        span.set_attribute(tracing.REASON_ATTRIBUTE, decision.reason)
         span.end()
 
     # -- attempts --

@@ -55,6 +55,10 @@ FEEDBACK_SATISFACTION = Gauge(
     ["tenant", "department"],
     multiprocess_mode="mostrecent",
 )
+# Trace sampling (telemetry/sampling.py): decision is keep/drop, reason why.
+TRACE_SAMPLING = Counter(
+    "llmobs_trace_sampling", "Gateway calls by trace sampling decision and reason.", ["tenant", "decision", "reason"]
+)
 BUDGET_FAIL_OPEN = Counter("llmobs_budget_fail_open", "Calls admitted without budget checks (ledger down).")
 
 TOKEN_TYPES = (

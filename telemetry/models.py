@@ -17,6 +17,17 @@ from django.db import models
 from chargeback.models import MONEY, ApiKey, Department, ModelPrice, Route, Tenant
 
 
+class SamplingReason(models.TextChoices):
+    """Why a gateway call's trace (span and captured text) was kept, or that it was not."""
+
+    ERROR = "error", "Kept: error"
+    SLOW = "slow", "Kept: slow"
+    COSTLY = "costly", "Kept: costly"
+    SAMPLED = "sampled", "Kept: base rate"
+    OFF = "off", "Kept: sampling off"
+    DROPPED = "dropped", "Dropped"
+
+
 class UsageEventQuerySet(models.QuerySet):
     def for_tenant(self, tenant: Tenant | int) -> UsageEventQuerySet:
         return self.filter(tenant=tenant)
@@ -119,6 +130,18 @@ class UsageEvent(models.Model):
     feature = models.CharField(max_length=128, blank=True)
     tags = models.JSONField(default=dict, blank=True)
     prompt_version = models.CharField(max_length=64, blank=True)
+    # Gateway calls only (telemetry/sampling.py): why the call's span and captured text were
+    # kept, or "dropped". The event itself is always stored. The database default keeps the
+    # ingest and OTLP paths, which write explicit column lists, unchanged.
+    sampling = models.CharField(
+        "trace sampling",
+        max_length=8,
+        choices=SamplingReason.choices,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="Why the trace and captured text were kept; empty when not a gateway call.",
+    )
 
     objects = UsageEventQuerySet.as_manager()
 
@@ -355,6 +378,7 @@ class Anomaly(models.Model):
     def __str__(self) -> str:
         return f"{self.metric} {self.severity} @ {self.hour:%Y-%m-%d %H:00}"
 
+
 class CapturedContent(models.Model):
     """Prompt and completion text of one captured call, kept apart from the usage table.
 
@@ -473,7 +497,11 @@ class EvalConfig(models.Model):
     lookback_hours = models.PositiveIntegerField(default=24, help_text="Only calls this recent are sampled.")
     enabled = models.BooleanField(default=True)
     slo_min_pass_rate = models.DecimalField(
-        max_digits=5, decimal_places=4, null=True, blank=True, help_text="Alert when the rolling pass rate is below (0-1)."
+        max_digits=5,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="Alert when the rolling pass rate is below (0-1).",
     )
     baseline_pass_rate = models.DecimalField(
         max_digits=5,
@@ -483,7 +511,11 @@ class EvalConfig(models.Model):
         help_text="Empty = the pass rate of the 7 days before the rolling window.",
     )
     baseline_margin = models.DecimalField(
-        max_digits=5, decimal_places=4, null=True, blank=True, help_text="Alert when the rate is this far below baseline."
+        max_digits=5,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="Alert when the rate is this far below baseline.",
     )
     window_hours = models.PositiveIntegerField(default=24, help_text="Rolling window of the SLO.")
     min_samples = models.PositiveIntegerField(default=10, help_text="No alert on fewer scored calls in the window.")
@@ -680,7 +712,9 @@ class Feedback(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
     event_id = models.CharField(max_length=128)
     author = models.CharField(max_length=160, help_text="user:<id> or key:<prefix>: one feedback per author per event.")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     event_at = models.DateTimeField()
     department = models.ForeignKey(
         Department, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
@@ -701,8 +735,59 @@ class Feedback(models.Model):
     class Meta:
         ordering = ["-updated_at"]
         verbose_name_plural = "feedback"
-        constraints = [models.UniqueConstraint(fields=["tenant", "event_id", "author"], name="feedback_once_per_author")]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "event_id", "author"], name="feedback_once_per_author")
+        ]
         indexes = [models.Index(fields=["tenant", "event_at"], name="feedback_tenant_time")]
 
     def __str__(self) -> str:
         return f"{self.author} on {self.event_id}"
+
+
+# --- Trace sampling (docs/SAMPLING.md) ----------------------------------------------------------
+
+
+class SamplingPolicy(models.Model):
+    """Which gateway calls keep their span and captured text: every error, every call at or
+    above `slow_ms`, every call costing at least `costly_amount`, and `base_rate` of the rest.
+    Decided at the end of the call by `telemetry.sampling.decide`; usage events are never
+    sampled. A tenant without a row uses these defaults with `enabled` from
+    `LLMOBS_SAMPLING_DEFAULT_ENABLED` (off unless set: keep everything)."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="sampling_policy")
+    enabled = models.BooleanField(default=True, help_text="Off = every trace is kept.")
+    keep_errors = models.BooleanField(default=True, help_text="Keep every failed, timed-out, limited or blocked call.")
+    slow_ms = models.PositiveIntegerField(
+        null=True, blank=True, default=10_000, help_text="Keep calls at least this slow (ms); empty = no latency rule."
+    )
+    costly_amount = models.DecimalField(
+        max_digits=20,
+        decimal_places=10,
+        null=True,
+        blank=True,
+        default=Decimal("0.50"),
+        help_text="Keep calls costing at least this, in the tenant's currency; empty = no cost rule.",
+    )
+    base_rate = models.DecimalField(
+        max_digits=5, decimal_places=4, default=Decimal("0.1"), help_text="Share of the other calls kept (0-1)."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "sampling policies"
+
+    def __str__(self) -> str:
+        return f"{self.tenant}: sampling {'on' if self.enabled else 'off'}"
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        errors = {}
+        if self.base_rate is None or not (0 <= self.base_rate <= 1):
+            errors["base_rate"] = "The base rate is a share between 0 and 1."
+        if self.slow_ms is not None and self.slow_ms <= 0:
+            errors["slow_ms"] = "The slow threshold must be a positive number of milliseconds (empty = no rule)."
+        if self.costly_amount is not None and self.costly_amount <= 0:
+            errors["costly_amount"] = "The cost threshold must be above zero (empty = no rule)."
+        if errors:
+            raise ValidationError(errors)

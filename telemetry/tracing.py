@@ -8,6 +8,10 @@ no spans are created at all, so tracing costs nothing when unused.
 
 Our own TracerProvider is used (not the global one) so a host application's tracing setup and
 ours never fight over it.
+
+Spans start before a call's outcome is known, so trace sampling (telemetry/sampling.py) happens
+at span end: every exporting processor is wrapped in `SampledSpanProcessor`, which passes on
+only spans not marked `llmobs.sampling.keep = false`. A dropped span never reaches an exporter.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import base64
 import os
 import threading
 
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Tracer
 
@@ -26,6 +31,32 @@ _tracer: Tracer | None = None
 _enabled = False
 _lock = threading.Lock()
 _configured = False
+
+KEEP_ATTRIBUTE = "llmobs.sampling.keep"
+REASON_ATTRIBUTE = "llmobs.sampling.reason"
+
+
+class SampledSpanProcessor(SpanProcessor):
+    """Forwards to `delegate` every span except those the gateway marked as dropped. Spans
+    without the attribute (not ended by the gateway) are kept: only an explicit decision drops."""
+
+    def __init__(self, delegate: SpanProcessor) -> None:
+        self.delegate = delegate
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        self.delegate.on_start(span, parent_context=parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        attributes = span.attributes
+        if attributes is not None and attributes.get(KEEP_ATTRIBUTE) is False:
+            return
+        self.delegate.on_end(span)
+
+    def shutdown(self) -> None:
+        self.delegate.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.delegate.force_flush(timeout_millis)
 
 
 def _configure() -> None:
@@ -40,7 +71,7 @@ def _configure() -> None:
         if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            _provider.add_span_processor(SampledSpanProcessor(BatchSpanProcessor(OTLPSpanExporter())))
             _enabled = True
         public, secret, host = (
             os.environ.get("LANGFUSE_PUBLIC_KEY"),
@@ -54,17 +85,18 @@ def _configure() -> None:
             exporter = OTLPSpanExporter(
                 endpoint=host.rstrip("/") + "/api/public/otel/v1/traces", headers={"Authorization": f"Basic {auth}"}
             )
-            _provider.add_span_processor(BatchSpanProcessor(exporter))
+            _provider.add_span_processor(SampledSpanProcessor(BatchSpanProcessor(exporter)))
             _enabled = True
         _configured = True
 
 
-def add_span_processor(processor: SpanProcessor) -> None:
-    """Attach another processor (tests use an in-memory exporter) and enable spans."""
+def add_span_processor(processor: SpanProcessor, *, sampled: bool = True) -> None:
+    """Attach another processor (tests use an in-memory exporter) and enable spans. It sees
+    only kept spans, like the exporters, unless `sampled=False`."""
     global _enabled
     _configure()
     assert _provider is not None
-    _provider.add_span_processor(processor)
+    _provider.add_span_processor(SampledSpanProcessor(processor) if sampled else processor)
     _enabled = True
 
 
