@@ -84,21 +84,27 @@ def spend(tenant, department, amount: str, at: datetime) -> None:
     rollups.roll_up_pending()
 
 
-def test_each_threshold_fires_once_per_period_and_channel(acme, research_dept, webhook, receiver, eager_celery):
+def test_each_threshold_fires_once_per_period_and_reaches_every_channel(
+    acme, research_dept, webhook, receiver, eager_celery
+):
+    # One BudgetAlert per threshold (no longer one per channel: alert routes pick the channels).
     email = make_channel(tenant=acme)
     budget = make_budget(tenant=acme, department=research_dept, amount=Decimal("10"), thresholds=[50, 80, 100])
     at = datetime(2025, 3, 20, 12, 0, tzinfo=UTC)
     spend(acme, research_dept, "6", at - timedelta(days=1))
     fired = budgets.evaluate_budgets(tenant_id=acme.pk, at=at)
-    assert {(a.threshold, a.kind, a.channel_id) for a in fired} == {
-        (50, "threshold", email.pk), (50, "threshold", webhook.pk),
-    }  # fmt: skip
+    assert [(a.threshold, a.kind, a.channel_id) for a in fired] == [(50, "threshold", None)]
+    assert sorted(Delivery.objects.values_list("channel_id", flat=True)) == sorted([email.pk, webhook.pk])
     assert budgets.evaluate_budgets(tenant_id=acme.pk, at=at) == []  # evaluated again: nothing new
     spend(acme, research_dept, "4.5", at - timedelta(hours=2))
     fired = budgets.evaluate_budgets(tenant_id=acme.pk, at=at)
     assert sorted({(a.threshold, a.kind) for a in fired}) == [(80, "threshold"), (100, "threshold")]
-    assert BudgetAlert.objects.filter(budget=budget).count() == 6
+    assert BudgetAlert.objects.filter(budget=budget).count() == 3
+    # 80 % and 100 % crossed in one evaluation: one grouped message per channel, not two.
+    assert Delivery.objects.count() == 4
     assert budgets.evaluate_budgets(tenant_id=acme.pk, at=at + timedelta(hours=1)) == []
+    assert budgets.evaluate_budgets(tenant_id=acme.pk, at=at + timedelta(days=2)) == []
+    assert Delivery.objects.count() == 4  # a budget threshold is sent once per period, not per window
 
 
 def test_alerts_are_delivered_to_a_webhook_and_by_email(
