@@ -683,7 +683,7 @@ class AlertRoute(models.Model):
         for field, choices in (("kinds", AlertKind), ("severities", Severity)):
             value = getattr(self, field)
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                errors[field] = "A list of names, e.g. [\"budget_threshold\"]; empty = all."
+                errors[field] = 'A list of names, e.g. ["budget_threshold"]; empty = all.'
                 continue
             unknown = sorted(set(value) - set(choices.values))
             if unknown:
@@ -721,6 +721,7 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject} → {self.channel} ({self.status})"
+
 
 # --- Chargeback invoicing (docs/INVOICING.md) ---------------------------------------------------
 

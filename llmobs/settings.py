@@ -248,7 +248,11 @@ LLMOBS_ALERT_MIN_CALLS = env.int("LLMOBS_ALERT_MIN_CALLS", default=20)
 LLMOBS_ALERT_ERROR_RATE = env.float("LLMOBS_ALERT_ERROR_RATE", default=0.10)
 LLMOBS_ALERT_ERROR_RATE_CRITICAL = env.float("LLMOBS_ALERT_ERROR_RATE_CRITICAL", default=0.50)
 LLMOBS_ALERT_LATENCY_P95_MS = env.int("LLMOBS_ALERT_LATENCY_P95_MS", default=30_000)
-CELERY_BEAT_SCHEDULE["check-alerts"] = {"task": "telemetry.check_alerts", "schedule": 300.0, "options": {"expires": 290}}
+CELERY_BEAT_SCHEDULE["check-alerts"] = {
+    "task": "telemetry.check_alerts",
+    "schedule": 300.0,
+    "options": {"expires": 290},
+}
 
 # --- E-mail (budget alerts and anomaly notifications) --------------------------------------------
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")

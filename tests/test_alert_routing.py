@@ -421,3 +421,30 @@ def test_the_check_task_runs_every_five_minutes(acme, research_dept, settings):
     assert settings.CELERY_BEAT_SCHEDULE["check-alerts"]["schedule"] == 300.0
     calls(acme, research_dept, 30, at=timezone.now() - timedelta(minutes=1), status="error")
     assert check_alerts.apply().get() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_keeps_one_budget_alert_per_threshold(acme, research_dept):
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    executor.migrate([("chargeback", "0003_merge_20261123_1626")])
+    old = executor.loader.project_state([("chargeback", "0003_merge_20261123_1626")]).apps
+    BudgetAlert = old.get_model("chargeback", "BudgetAlert")
+    Channel = old.get_model("chargeback", "NotificationChannel")
+    budget = old.get_model("chargeback", "Budget").objects.create(
+        tenant_id=acme.pk, name="b", department_id=research_dept.pk, amount=Decimal(10), thresholds=[50]
+    )
+    for name in ("mail", "hook"):
+        channel = Channel.objects.create(tenant_id=acme.pk, name=name, kind="email", target="a@acme.example")
+        BudgetAlert.objects.create(
+            tenant_id=acme.pk, budget=budget, channel=channel, period_start=NOW, period_end=NOW, threshold=50,
+            kind="threshold", spent=Decimal(6), message="m",
+        )  # fmt: skip
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+    from chargeback.models import BudgetAlert as Current
+
+    assert Current.objects.filter(budget_id=budget.pk).count() == 1
