@@ -189,6 +189,13 @@ class TenantAdmin(AuditedAdmin):
                 "description": "Prompt and completion text is stored apart from usage, redacted, and expires.",
             },
         ),
+        (
+            "Alerts",
+            {
+                "fields": ("alert_latency_p95_ms",),
+                "description": "Routes, channels and the other thresholds: see Alert routes and docs/ALERTS.md.",
+            },
+        ),
     )
     inlines = (DepartmentInline, MembershipInline)
 

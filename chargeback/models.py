@@ -55,6 +55,10 @@ class Tenant(models.Model):
         max_digits=4, decimal_places=3, default=Decimal("0.1"), help_text="Fraction kept when sampled (0-1)."
     )
     capture_retention_days = models.PositiveIntegerField(default=30)
+    # Latency SLO alert (docs/ALERTS.md): p95 over the last 15 minutes, per department.
+    alert_latency_p95_ms = models.PositiveIntegerField(
+        "latency SLO (p95, ms)", null=True, blank=True, help_text="Empty = LLMOBS_ALERT_LATENCY_P95_MS."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -537,8 +541,9 @@ class AuditLog(models.Model):
 
 
 class BudgetAlert(models.Model):
-    """One alert of one budget, for one period, threshold and channel: the unique key is what
-    makes each threshold fire once per period per channel, however often budgets are evaluated."""
+    """One alert of one budget, for one period and threshold: the unique key is what makes each
+    threshold fire once per period, however often budgets are evaluated. Which channels hear of
+    it is decided by the alert routes (`chargeback.alerting`), not stored here."""
 
     class Kind(models.TextChoices):
         THRESHOLD = "threshold", "Spend crossed a threshold"
@@ -550,7 +555,10 @@ class BudgetAlert(models.Model):
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
-    channel = models.ForeignKey(NotificationChannel, on_delete=models.CASCADE, related_name="budget_alerts")
+    # Before alert routing each threshold was recorded once per channel; kept for those rows.
+    channel = models.ForeignKey(
+        NotificationChannel, null=True, blank=True, on_delete=models.SET_NULL, related_name="budget_alerts"
+    )
     period_start = models.DateTimeField()
     period_end = models.DateTimeField()
     threshold = models.PositiveIntegerField(help_text="Percent of the budget amount.")
@@ -566,12 +574,124 @@ class BudgetAlert(models.Model):
         ordering = ["-fired_at"]
         constraints = [
             models.UniqueConstraint(
-                fields=["budget", "period_start", "threshold", "kind", "channel"], name="budget_alert_once"
+                fields=["budget", "period_start", "threshold", "kind"], name="budget_alert_once_per_period"
             )
         ]
 
     def __str__(self) -> str:
         return f"{self.budget} {self.kind} {self.threshold}% ({self.state})"
+
+
+class AlertKind(models.TextChoices):
+    BUDGET_THRESHOLD = "budget_threshold", "Budget threshold"
+    BUDGET_FORECAST = "budget_forecast", "Budget forecast overspend"
+    ANOMALY = "anomaly", "Anomaly"
+    ERROR_RATE = "error_rate", "Error-rate spike"
+    LATENCY_SLO = "latency_slo", "Latency SLO breach"
+    QUALITY_DROP = "quality_drop", "Quality drop"
+    UNPRICED_EVENTS = "unpriced_events", "Unpriced events"
+
+
+class Severity(models.TextChoices):
+    CRITICAL = "critical", "Critical"
+    WARNING = "warning", "Warning"
+    INFO = "info", "Info"
+
+
+class Alert(models.Model):
+    """One episode of one problem: fired by a source (budgets, anomalies, evals, the 5-minute
+    checks), re-fired while it lasts (occurrences), resolved when the source sees the metric
+    recover. At most one firing row per (tenant, kind, key): that constraint is what lets
+    concurrent evaluations fire the same problem without notifying it twice."""
+
+    class State(models.TextChoices):
+        FIRING = "firing", "Firing"
+        RESOLVED = "resolved", "Resolved"
+
+    class Notice(models.TextChoices):
+        """What is owed to the channels, sent grouped by `alerting.send_pending`."""
+
+        NONE = "", "Nothing"
+        FIRING = "firing", "Firing message"
+        RESOLVED = "resolved", "Resolved message"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="alerts")
+    kind = models.CharField(max_length=32, choices=AlertKind.choices)
+    severity = models.CharField(max_length=16, choices=Severity.choices)
+    key = models.CharField(max_length=200, help_text="What it is about, e.g. budget:12:20250301:80.")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.FIRING)
+    title = models.CharField(max_length=255)
+    text = models.TextField()
+    runbook = models.CharField(max_length=64, help_text="Anchor of its section in docs/RUNBOOK.md.")
+    payload = models.JSONField(default=dict, blank=True)
+    occurrences = models.PositiveIntegerField(default=1, help_text="Evaluations that found it firing.")
+    pending_notice = models.CharField(max_length=16, choices=Notice.choices, blank=True, default=Notice.NONE)
+    notified_severity = models.CharField(max_length=16, choices=Severity.choices, blank=True)
+    first_fired_at = models.DateTimeField()
+    last_fired_at = models.DateTimeField()
+    last_notified_at = models.DateTimeField(null=True, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolve_text = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-last_fired_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "kind", "key"], condition=models.Q(state="firing"), name="alert_one_firing_per_key"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["tenant", "kind", "key", "-first_fired_at"], name="alert_lookup"),
+            models.Index(fields=["tenant", "pending_notice"], name="alert_pending"),
+        ]
+
+    def __str__(self) -> str:
+        return f"[{self.severity}] {self.title} ({self.state})"
+
+
+class AlertRoute(models.Model):
+    """Which alerts go to which channel: matching kinds and severities (empty = all). A route
+    without a channel keeps its alerts on the dashboard only. A tenant with no enabled route
+    at all gets every alert on every enabled channel (the behaviour before routing existed)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="alert_routes")
+    name = models.CharField(max_length=200)
+    kinds = models.JSONField(default=list, blank=True, help_text="Alert kinds; empty = every kind.")
+    severities = models.JSONField(default=list, blank=True, help_text="Severities; empty = every severity.")
+    channel = models.ForeignKey(
+        NotificationChannel,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="alert_routes",
+        help_text="Empty = dashboard only (no message).",
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["tenant", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def matches(self, *, kind: str, severity: str) -> bool:
+        return (not self.kinds or kind in self.kinds) and (not self.severities or severity in self.severities)
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        for field, choices in (("kinds", AlertKind), ("severities", Severity)):
+            value = getattr(self, field)
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                errors[field] = 'A list of names, e.g. ["budget_threshold"]; empty = all.'
+                continue
+            unknown = sorted(set(value) - set(choices.values))
+            if unknown:
+                errors[field] = f"Unknown {field}: {', '.join(unknown)} (choose from {', '.join(choices.values)})."
+        if self.channel_id and self.tenant_id and self.channel.tenant_id != self.tenant_id:
+            errors["channel"] = "This channel belongs to another tenant."
+        if errors:
+            raise ValidationError(errors)
 
 
 class Delivery(models.Model):
@@ -601,6 +721,7 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject} → {self.channel} ({self.status})"
+
 
 # --- Chargeback invoicing (docs/INVOICING.md) ---------------------------------------------------
 

@@ -246,8 +246,23 @@ SPECTACULAR_SETTINGS = {
 # --- Product settings ---------------------------------------------------------------------------
 # Tag keys rolled up per day (spend by `group_by=tag:NAME`); other keys stay on raw events only.
 LLMOBS_ROLLUP_TAG_KEYS = tuple(env.list("LLMOBS_ROLLUP_TAG_KEYS", default=["env", "team", "project", "app"]))
-# At most this many anomaly notifications per tenant per hour (one grouped message each).
-LLMOBS_ANOMALY_NOTIFICATIONS_PER_HOUR = env.int("LLMOBS_ANOMALY_NOTIFICATIONS_PER_HOUR", default=1)
+
+# --- Alerts (docs/ALERTS.md) ----------------------------------------------------------------------
+# A still-firing alert is sent again at most once per this many minutes (budget alerts: once per
+# period); its occurrences keep counting in between.
+LLMOBS_ALERT_RENOTIFY_MINUTES = env.int("LLMOBS_ALERT_RENOTIFY_MINUTES", default=60)
+# Where messages link to: docs/RUNBOOK.md as served to your operators (e.g. your Git host's URL).
+LLMOBS_ALERT_RUNBOOK_URL = env.str("LLMOBS_ALERT_RUNBOOK_URL", default="docs/RUNBOOK.md")
+# The 5-minute checks over the last 15 minutes, per tenant and department.
+LLMOBS_ALERT_MIN_CALLS = env.int("LLMOBS_ALERT_MIN_CALLS", default=20)
+LLMOBS_ALERT_ERROR_RATE = env.float("LLMOBS_ALERT_ERROR_RATE", default=0.10)
+LLMOBS_ALERT_ERROR_RATE_CRITICAL = env.float("LLMOBS_ALERT_ERROR_RATE_CRITICAL", default=0.50)
+LLMOBS_ALERT_LATENCY_P95_MS = env.int("LLMOBS_ALERT_LATENCY_P95_MS", default=30_000)
+CELERY_BEAT_SCHEDULE["check-alerts"] = {
+    "task": "telemetry.check_alerts",
+    "schedule": 300.0,
+    "options": {"expires": 290},
+}
 
 # --- E-mail (budget alerts and anomaly notifications) --------------------------------------------
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")

@@ -20,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
@@ -245,7 +244,14 @@ def _moves(rows: dict[str, float], baseline: dict[str, list[float]]) -> list[dic
     moves = []
     for key in set(rows) | set(baseline):
         before = statistics.median(baseline.get(key) or [0.0])
-        moves.append({"value": key, "observed": round(rows.get(key, 0.0), 6), "typical": round(before, 6), "delta": round(rows.get(key, 0.0) - before, 6)})
+        moves.append(
+            {
+                "value": key,
+                "observed": round(rows.get(key, 0.0), 6),
+                "typical": round(before, 6),
+                "delta": round(rows.get(key, 0.0) - before, 6),
+            }
+        )
     moves.sort(key=lambda m: -abs(m["delta"]))
     return moves[:3]
 
@@ -254,20 +260,36 @@ def _field_for(metric: str) -> str | None:
     return {"cost": "cost", "requests": "requests", "tokens": "output_tokens", "error_rate": "errors"}.get(metric)
 
 
-def explain(*, tenant: Tenant, department_id: int, metric: str, hour: datetime, score: Score) -> tuple[str, dict[str, Any]]:
+def explain(
+    *, tenant: Tenant, department_id: int, metric: str, hour: datetime, score: Score
+) -> tuple[str, dict[str, Any]]:
     """Name what moved: per model in that hour against the same baseline hours, and per user
     and feature that local day against their median over the previous 7 days."""
-    dept = Department.objects.filter(pk=department_id, tenant=tenant).values_list("code", flat=True).first() or "(unattributed)"
+    dept = (
+        Department.objects.filter(pk=department_id, tenant=tenant).values_list("code", flat=True).first()
+        or "(unattributed)"
+    )
     label = dict(Anomaly.Metric.choices)[metric]
     direction = "above" if score.observed > score.expected else "below"
     ratio = score.observed / score.expected if score.expected else None
     unit = f" {tenant.currency}" if metric == "cost" else (" ms" if metric == "p95_latency" else "")
-    fmt = (lambda v: f"{v:.2%}") if metric == "error_rate" else (lambda v: f"{v:,.4f}" if metric == "cost" else f"{v:,.0f}")
+    fmt = (
+        (lambda v: f"{v:.2%}")
+        if metric == "error_rate"
+        else (lambda v: f"{v:,.4f}" if metric == "cost" else f"{v:,.0f}")
+    )
     head = (
         f"{label} for {dept} at {hour:%Y-%m-%d %H:00} UTC was {fmt(score.observed)}{unit}, {direction} the expected "
-        f"{fmt(score.expected)}{unit}" + (f" ({ratio:.1f}×)" if ratio else "") + f"; robust z = {score.z:.1f} ({score.baseline})."
+        f"{fmt(score.expected)}{unit}"
+        + (f" ({ratio:.1f}×)" if ratio else "")
+        + f"; robust z = {score.z:.1f} ({score.baseline})."
     )
-    details: dict[str, Any] = {"baseline": score.baseline, "z": round(score.z, 3), "spread": round(score.spread, 6), "drivers": {}}
+    details: dict[str, Any] = {
+        "baseline": score.baseline,
+        "z": round(score.z, 3),
+        "spread": round(score.spread, 6),
+        "drivers": {},
+    }
     sentences = []
     field = _field_for(metric)
     if field:
@@ -292,7 +314,9 @@ def explain(*, tenant: Tenant, department_id: int, metric: str, hour: datetime, 
             days = [day - timedelta(days=k) for k in range(0, 8)]
             dim_field = "cost" if metric == "cost" else ("requests" if metric == "requests" else "output_tokens")
             for dimension in ("user", "feature"):
-                dq = DimensionRollup.objects.filter(tenant=tenant, department_id=department_id, dimension=dimension, day__in=days)
+                dq = DimensionRollup.objects.filter(
+                    tenant=tenant, department_id=department_id, dimension=dimension, day__in=days
+                )
                 if metric == "cost":
                     dq = dq.filter(currency=tenant.currency)
                 today: dict[str, float] = {}
@@ -314,49 +338,65 @@ def explain(*, tenant: Tenant, department_id: int, metric: str, hour: datetime, 
     return " ".join([head, *sentences]), details
 
 
+# An anomaly's severity as an alert severity (docs/ALERTS.md): a high anomaly pages.
+ALERT_SEVERITY = {
+    Anomaly.Severity.HIGH: "critical",
+    Anomaly.Severity.MEDIUM: "warning",
+    Anomaly.Severity.LOW: "info",
+}
+
+
+def alert_key(*, department_code: str, metric: str) -> str:
+    return f"anomaly:{department_code or '-'}:{metric}"
+
+
 def notify_anomalies(*, tenant: Tenant, anomalies: list[Anomaly], now: datetime | None = None) -> Delivery | None:
-    """One grouped message per tenant per scoring run, at most N per hour (storm control);
-    anomalies already notified are not repeated."""
-    from chargeback import notify
+    """Fire one alert per department × metric with an open anomaly, resolve the ones whose
+    anomalies are all resolved (the scorer resolves an anomaly when a later hour is normal),
+    and send what is owed: one grouped message per channel, a still-open anomaly again only
+    after the re-notify window (chargeback.alerting). Returns the first delivery, if any."""
+    from chargeback import alerting
+    from chargeback.models import AlertKind
 
     now = now or timezone.now()
-    fresh = [a for a in anomalies if a.notified_at is None and a.status == Anomaly.Status.OPEN]
-    if not fresh:
-        return None
-    limit = getattr(settings, "LLMOBS_ANOMALY_NOTIFICATIONS_PER_HOUR", 1)
-    sent = (
-        Delivery.objects.filter(tenant=tenant, reference__startswith="anomalies:", created_at__gte=now - HOUR)
-        .values("reference")
-        .distinct()
-        .count()
-    )
-    if sent >= limit:
-        log.info("anomaly notifications for %s rate-limited (%s in the last hour)", tenant, sent)
-        return None
+    codes = dict(Department.objects.filter(tenant=tenant).values_list("pk", "code"))
+    labels = dict(Anomaly.Metric.choices)
     order = {Anomaly.Severity.HIGH: 0, Anomaly.Severity.MEDIUM: 1, Anomaly.Severity.LOW: 2}
-    fresh.sort(key=lambda a: (order[a.severity], -abs(a.score)))
-    hour = fresh[0].hour
-    subject = f"{len(fresh)} anomal{'y' if len(fresh) == 1 else 'ies'} in {tenant.name} at {hour:%Y-%m-%d %H:00} UTC"
-    text = "\n".join(f"[{a.severity}] {a.explanation}" for a in fresh)
-    payload = {
-        "type": "anomalies",
-        "tenant": tenant.slug,
-        "anomalies": [
-            {"id": a.pk, "metric": a.metric, "severity": a.severity, "hour": a.hour.isoformat(), "score": a.score,
-             "observed": str(a.observed), "expected": str(a.expected), "explanation": a.explanation}
-            for a in fresh
-        ],
-    }  # fmt: skip
+    fresh = sorted(
+        (a for a in anomalies if a.status == Anomaly.Status.OPEN), key=lambda a: (order[a.severity], -abs(a.score))
+    )
     with transaction.atomic():
-        deliveries = notify.queue_notification(
-            tenant=tenant, subject=subject, text=text, payload=payload, reference=f"anomalies:{tenant.pk}:{hour:%Y%m%d%H}"
-        )
-        Anomaly.objects.filter(pk__in=[a.pk for a in fresh]).update(notified_at=now)
+        for a in fresh:
+            code = codes.get(a.department_id, "")
+            alerting.fire(
+                tenant=tenant, kind=AlertKind.ANOMALY, key=alert_key(department_code=code, metric=a.metric),
+                severity=ALERT_SEVERITY[a.severity], title=f"{labels[a.metric]} anomaly in {code or '(unattributed)'}",
+                text=f"[{a.severity}] {a.explanation}",
+                payload={
+                    "type": "anomaly", "id": a.pk, "department": code, "metric": a.metric, "severity": a.severity,
+                    "hour": a.hour.isoformat(), "score": a.score, "observed": str(a.observed),
+                    "expected": str(a.expected), "explanation": a.explanation,
+                },
+                now=now,
+            )  # fmt: skip
+        Anomaly.objects.filter(pk__in=[a.pk for a in fresh], notified_at__isnull=True).update(notified_at=now)
+        still_open = {
+            alert_key(department_code=codes.get(dept_id, ""), metric=metric)
+            for dept_id, metric in Anomaly.objects.filter(
+                tenant=tenant, status__in=(Anomaly.Status.OPEN, Anomaly.Status.ACKNOWLEDGED)
+            ).values_list("department_id", "metric")
+        }
+        for key in alerting.firing_keys(tenant=tenant, kind=AlertKind.ANOMALY) - still_open:
+            alerting.resolve(
+                tenant=tenant, kind=AlertKind.ANOMALY, key=key, now=now,
+                text="The last scored hour was back within its normal range (or the anomaly was closed by hand).",
+            )  # fmt: skip
+        deliveries = alerting.send_pending(tenant=tenant, now=now)
     return deliveries[0] if deliveries else None
 
 
 def score_all_tenants(*, now: datetime | None = None) -> list[Anomaly]:
-    """The hourly task: score the last full hour for every tenant and notify."""
+    """The hourly task: score the last full hour for every tenant and notify (and resolve)."""
     now = now or timezone.now()
     hour = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0) - HOUR
     found: list[Anomaly] = []

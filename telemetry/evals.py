@@ -532,16 +532,19 @@ def baseline_of(*, config: EvalConfig, now: datetime) -> PassRate:
 
 
 def check_slo(*, config: EvalConfig, now: datetime | None = None) -> list[EvalAlert]:
-    """Alert (once per config, reason and UTC day) when the rolling pass rate is below the SLO or
-    more than the margin below the baseline. Needs `min_samples` scores in the window."""
-    from chargeback.notify import queue_notification
+    """Alert when the rolling pass rate is below the SLO or more than the margin below the
+    baseline (needs `min_samples` scores in the window), and resolve when it is back above.
+    An EvalAlert row records each breach once per config, reason and UTC day (returned when
+    created); the messages are routed, grouped and windowed by chargeback.alerting."""
+    from chargeback import alerting
+    from chargeback.models import AlertKind
 
     now = now or timezone.now()
     if config.slo_min_pass_rate is None and config.baseline_margin is None:
         return []
     current = rolling_pass_rate(config=config, now=now)
     if current.pass_rate is None or current.samples < max(config.min_samples, 1):
-        return []
+        return []  # too little evidence either way: leave any firing alert as it is
     breaches: list[tuple[str, Decimal, str]] = []
     if config.slo_min_pass_rate is not None and current.pass_rate < config.slo_min_pass_rate:
         breaches.append(
@@ -560,8 +563,8 @@ def check_slo(*, config: EvalConfig, now: datetime | None = None) -> list[EvalAl
                     )
                 )
     fired = []
-    for reason, threshold, why in breaches:
-        with transaction.atomic():
+    with transaction.atomic():
+        for reason, threshold, why in breaches:
             alert, created = EvalAlert.objects.get_or_create(
                 config=config,
                 reason=reason,
@@ -573,17 +576,17 @@ def check_slo(*, config: EvalConfig, now: datetime | None = None) -> list[EvalAl
                     "samples": current.samples,
                 },
             )
-            if not created:
-                continue
-            subject = f"Quality alert: {config.name} pass rate {current.pass_rate:.0%}"
-            text = (
-                f"The evaluation '{config.name}' passed {current.pass_rate:.1%} of {current.samples} judged calls "
-                f"in the last {config.window_hours} h, {why}."
-            )
-            queue_notification(
+            if created:
+                fired.append(alert)
+            alerting.fire(
                 tenant=config.tenant,
-                subject=subject,
-                text=text,
+                kind=AlertKind.QUALITY_DROP,
+                key=f"quality:config:{config.pk}:{reason}",
+                title=f"Quality alert: {config.name} pass rate {current.pass_rate:.0%}",
+                text=(
+                    f"The evaluation '{config.name}' passed {current.pass_rate:.1%} of {current.samples} judged calls "
+                    f"in the last {config.window_hours} h, {why}."
+                ),
                 payload={
                     "kind": "eval_alert",
                     "config": config.name,
@@ -592,9 +595,22 @@ def check_slo(*, config: EvalConfig, now: datetime | None = None) -> list[EvalAl
                     "threshold": str(threshold),
                     "samples": current.samples,
                 },
-                reference=f"eval_alert:{alert.pk}",
+                now=now,
             )
-            fired.append(alert)
+        breached = {reason for reason, _, _ in breaches}
+        for reason in EvalAlert.Reason.values:
+            if reason not in breached:
+                alerting.resolve(
+                    tenant=config.tenant,
+                    kind=AlertKind.QUALITY_DROP,
+                    key=f"quality:config:{config.pk}:{reason}",
+                    text=(
+                        f"The evaluation '{config.name}' is back to {current.pass_rate:.1%} over "
+                        f"{current.samples} judged calls in the last {config.window_hours} h."
+                    ),
+                    now=now,
+                )
+        alerting.send_pending(tenant=config.tenant, now=now)
     return fired
 
 

@@ -86,3 +86,13 @@ def run_evals() -> int:
     """Judge sampled production calls for every enabled EvalConfig (idempotent: unique per
     config and event), refresh the quality gauges and fire SLO alerts (once per day)."""
     return sum(r.scored for r in evals.run_all().values())
+
+
+@shared_task(name="telemetry.check_alerts", soft_time_limit=240, time_limit=290, ignore_result=True)
+def check_alerts() -> int:
+    """Every 5 minutes: error-rate, latency-SLO and unpriced-event checks for every tenant (fire,
+    re-fire, resolve; chargeback.alerting keeps it to one message per window). Returns the
+    number of those alerts firing."""
+    from telemetry import alert_checks
+
+    return alert_checks.check_all_tenants()

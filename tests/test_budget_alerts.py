@@ -84,21 +84,27 @@ def spend(tenant, department, amount: str, at: datetime) -> None:
     rollups.roll_up_pending()
 
 
-def test_each_threshold_fires_once_per_period_and_channel(acme, research_dept, webhook, receiver, eager_celery):
+def test_each_threshold_fires_once_per_period_and_reaches_every_channel(
+    acme, research_dept, webhook, receiver, eager_celery
+):
+    # One BudgetAlert per threshold (no longer one per channel: alert routes pick the channels).
     email = make_channel(tenant=acme)
     budget = make_budget(tenant=acme, department=research_dept, amount=Decimal("10"), thresholds=[50, 80, 100])
     at = datetime(2025, 3, 20, 12, 0, tzinfo=UTC)
     spend(acme, research_dept, "6", at - timedelta(days=1))
     fired = budgets.evaluate_budgets(tenant_id=acme.pk, at=at)
-    assert {(a.threshold, a.kind, a.channel_id) for a in fired} == {
-        (50, "threshold", email.pk), (50, "threshold", webhook.pk),
-    }  # fmt: skip
+    assert [(a.threshold, a.kind, a.channel_id) for a in fired] == [(50, "threshold", None)]
+    assert sorted(Delivery.objects.values_list("channel_id", flat=True)) == sorted([email.pk, webhook.pk])
     assert budgets.evaluate_budgets(tenant_id=acme.pk, at=at) == []  # evaluated again: nothing new
     spend(acme, research_dept, "4.5", at - timedelta(hours=2))
     fired = budgets.evaluate_budgets(tenant_id=acme.pk, at=at)
     assert sorted({(a.threshold, a.kind) for a in fired}) == [(80, "threshold"), (100, "threshold")]
-    assert BudgetAlert.objects.filter(budget=budget).count() == 6
+    assert BudgetAlert.objects.filter(budget=budget).count() == 3
+    # 80 % and 100 % crossed in one evaluation: one grouped message per channel, not two.
+    assert Delivery.objects.count() == 4
     assert budgets.evaluate_budgets(tenant_id=acme.pk, at=at + timedelta(hours=1)) == []
+    assert budgets.evaluate_budgets(tenant_id=acme.pk, at=at + timedelta(days=2)) == []
+    assert Delivery.objects.count() == 4  # a budget threshold is sent once per period, not per window
 
 
 def test_alerts_are_delivered_to_a_webhook_and_by_email(
@@ -120,7 +126,9 @@ def test_alerts_are_delivered_to_a_webhook_and_by_email(
     assert "spent 5.00 USD of 10.00 USD (50.00%) for 2025-03-01 to 2025-04-01" in message.body
 
 
-def test_a_slack_channel_gets_a_text_message(acme, research_dept, receiver, django_capture_on_commit_callbacks, eager_celery):
+def test_a_slack_channel_gets_a_text_message(
+    acme, research_dept, receiver, django_capture_on_commit_callbacks, eager_celery
+):
     make_channel(tenant=acme, name="slack", kind=NotificationChannel.Kind.SLACK, target=receiver.url)
     make_budget(tenant=acme, department=research_dept, amount=Decimal("10"), thresholds=[100])
     spend(acme, research_dept, "11", datetime(2025, 3, 19, tzinfo=UTC))
@@ -179,7 +187,9 @@ def test_a_rejected_message_is_not_retried(acme, webhook, receiver):
 def test_alerts_resolve_when_spend_falls_back_and_at_period_change(acme, research_dept, webhook):
     make_budget(tenant=acme, department=research_dept, amount=Decimal("10"), thresholds=[50])
     at = datetime(2025, 3, 20, 12, 0, tzinfo=UTC)
-    make_usage_event(tenant=acme, department=research_dept, occurred_at=at - timedelta(days=1), cost=Decimal("6"), event_id="big")
+    make_usage_event(
+        tenant=acme, department=research_dept, occurred_at=at - timedelta(days=1), cost=Decimal("6"), event_id="big"
+    )
     rollups.roll_up_pending()
     budgets.evaluate_budgets(tenant_id=acme.pk, at=at)
     # A re-price brings the event down: rebuild the day, evaluate again → resolved, with a notice.
@@ -202,13 +212,21 @@ def test_alerts_resolve_when_spend_falls_back_and_at_period_change(acme, researc
 
 def test_daily_budgets_follow_local_days_across_a_dst_change(acme, research_dept, webhook):
     # Europe/Paris springs forward on 2025-03-30: that local day is 23 hours long.
-    budget = make_budget(tenant=acme, department=research_dept, amount=Decimal("10"), period=Budget.Period.DAY, thresholds=[100])
+    budget = make_budget(
+        tenant=acme, department=research_dept, amount=Decimal("10"), period=Budget.Period.DAY, thresholds=[100]
+    )
     bounds = budget.period_bounds(datetime(2025, 3, 30, 12, tzinfo=UTC))
     assert bounds.start == datetime(2025, 3, 29, 23, tzinfo=UTC) and bounds.length == timedelta(hours=23)
     # 22:30 UTC on the 29th is 23:30 in Paris (the 29th); 23:30 UTC is 01:30 on the 30th.
-    make_usage_event(tenant=acme, department=research_dept, occurred_at=datetime(2025, 3, 29, 22, 30, tzinfo=UTC), cost=Decimal("9"))
-    make_usage_event(tenant=acme, department=research_dept, occurred_at=datetime(2025, 3, 29, 23, 30, tzinfo=UTC), cost=Decimal("6"))
-    make_usage_event(tenant=acme, department=research_dept, occurred_at=datetime(2025, 3, 30, 21, 30, tzinfo=UTC), cost=Decimal("5"))
+    make_usage_event(
+        tenant=acme, department=research_dept, occurred_at=datetime(2025, 3, 29, 22, 30, tzinfo=UTC), cost=Decimal("9")
+    )
+    make_usage_event(
+        tenant=acme, department=research_dept, occurred_at=datetime(2025, 3, 29, 23, 30, tzinfo=UTC), cost=Decimal("6")
+    )
+    make_usage_event(
+        tenant=acme, department=research_dept, occurred_at=datetime(2025, 3, 30, 21, 30, tzinfo=UTC), cost=Decimal("5")
+    )
     rollups.roll_up_pending()
     assert budgets.budget_status(budget=budget, at=datetime(2025, 3, 29, 22, 45, tzinfo=UTC)).spent == Decimal("9")
     on_30th = budgets.budget_status(budget=budget, at=datetime(2025, 3, 30, 21, 45, tzinfo=UTC))
@@ -228,10 +246,15 @@ def test_forecast_warns_ahead_of_an_overspend(acme, research_dept, webhook):
     at = datetime(2025, 3, 8, 23, 0, tzinfo=UTC)
     status = budgets.budget_status(budget=budget, at=at)
     assert status.state == "warning" and status.forecast > Decimal("30")
-    assert status.run_out_at is not None and status.run_out_at.astimezone(acme.tz).isoformat() == "2025-03-25T00:00:00+01:00"
+    assert (
+        status.run_out_at is not None
+        and status.run_out_at.astimezone(acme.tz).isoformat() == "2025-03-25T00:00:00+01:00"
+    )
     (fired,) = budgets.evaluate_budgets(tenant_id=acme.pk, at=at)
     assert (fired.kind, fired.threshold) == ("forecast", 100)
     assert "running out around 2025-03-25 00:00" in fired.message
     # Too early in the period to extrapolate: no forecast alert on day 2.
-    other = make_budget(tenant=acme, department=research_dept, amount=Decimal("30"), thresholds=[100], name="early", period="week")
+    other = make_budget(
+        tenant=acme, department=research_dept, amount=Decimal("30"), thresholds=[100], name="early", period="week"
+    )
     assert budgets.budget_status(budget=other, at=datetime(2025, 3, 3, 1, tzinfo=UTC)).forecast_reliable is False
