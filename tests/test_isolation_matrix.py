@@ -31,7 +31,7 @@ from django.test import Client, override_settings
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from chargeback.keys import create_api_key
-from chargeback.models import Budget, Department, Invoice, Role, Route, Tenant
+from chargeback.models import Alert, AlertKind, Budget, Department, Invoice, Role, Route, Severity, Tenant
 from telemetry.models import Anomaly, EvalConfig, EvalScore, Feedback, UsageEvent
 from tests.factories import make_budget, make_member, make_route, make_usage_event
 
@@ -159,9 +159,15 @@ def build_world() -> World:
         tenant=b, event_id=event_ids[0], author="user:999999", event_at=datetime(2026, 10, 5, 12, tzinfo=UTC),
         department=b_dept, department_code=b_dept.code, model="zebulon-model-x", feature="zebulon-feature", thumbs="up",
     )  # fmt: skip
+    Alert.objects.create(
+        tenant=b, kind=AlertKind.BUDGET_THRESHOLD, severity=Severity.CRITICAL, key=f"budget:{budget.pk}:x:100",
+        title="Zebulon alert headline", text="zebulon alert body", runbook="budget-threshold",
+        first_fired_at=datetime(2026, 10, 5, 12, tzinfo=UTC), last_fired_at=datetime(2026, 10, 5, 12, tzinfo=UTC),
+    )  # fmt: skip
     secrets = [
         b.name, b.slug, b_dept.code, b_dept.name, *event_ids, "zebulon-ceo@secretco", budget.name,
         route.alias, invoice.number, invoice.notes, anomaly.explanation, "777777", config.name,
+        "Zebulon alert headline", "zebulon alert body",
         "zebulon-model-x", "zebulon-feature",
     ]  # fmt: skip
     return World(
@@ -186,6 +192,7 @@ def b_state(w: World) -> tuple:
         UsageEvent.objects.filter(tenant=w.b).count(),
         sorted(UsageEvent.objects.filter(tenant=w.b).values_list("event_id", flat=True)),
         Feedback.objects.filter(tenant=w.b).count(),
+        sorted(Alert.objects.filter(tenant=w.b).values_list("state", "occurrences")),
     )
 
 
@@ -398,6 +405,11 @@ CASES: dict[str, Callable[[World], list[Req]]] = {
         Req("POST", "/api/v1/feedback", REFUSE, data={"event_id": w.b_event_ids[1], "signals": ["regenerated"]}),
     ],
     "api-evals-summary": lambda w: _report_queries(w, "/api/v1/evals/summary"),
+    "web:alerts": lambda w: [
+        Req("GET", "/alerts/", SCOPED),
+        Req("GET", "/alerts/" + _q(state="all"), SCOPED),
+        Req("GET", "/alerts/" + _q(state="all", kind="budget_threshold", severity="critical"), SCOPED),
+    ],
     "web:quality": lambda w: [
         Req("GET", "/quality/", SCOPED),
         Req("GET", "/quality/" + _q(department=w.b_dept.code, start="2026-10-01", end="2026-10-31"), SCOPED),

@@ -160,8 +160,8 @@ def menu_labels(response) -> list[str]:
     [
         (Role.EMPLOYEE, ["Chat", "My usage"]),
         (Role.MANAGER, ["My department", "Invoices", "Budgets", "Anomalies", "Reports", "Chat", "My usage"]),
-        (Role.FINANCE, ["Overview", "Departments", "Invoices", "Budgets", "Anomalies", "Reports", "Quality", "Chat", "My usage"]),
-        (Role.ADMIN, ["Overview", "Departments", "Invoices", "Budgets", "Anomalies", "Reports", "Quality", "Chat", "My usage"]),
+        (Role.FINANCE, ["Overview", "Departments", "Invoices", "Budgets", "Anomalies", "Reports", "Quality", "Alerts", "Chat", "My usage"]),
+        (Role.ADMIN, ["Overview", "Departments", "Invoices", "Budgets", "Anomalies", "Reports", "Quality", "Alerts", "Chat", "My usage"]),
     ],
 )
 def test_menu_lists_the_pages_of_the_role_that_exist(client, people, role, labels):

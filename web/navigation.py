@@ -30,6 +30,7 @@ NAVIGATION: list[NavEntry] = [
     NavEntry("Anomalies", "web:anomalies", (*FINANCE_ADMIN, Role.MANAGER)),
     NavEntry("Reports", "web:reports", (*FINANCE_ADMIN, Role.MANAGER)),
     NavEntry("Quality", "web:quality", FINANCE_ADMIN),
+    NavEntry("Alerts", "web:alerts", FINANCE_ADMIN),
     NavEntry("Chat", "web:chat", EVERYONE),
     NavEntry("My usage", "web:my-usage", EVERYONE),
 ]

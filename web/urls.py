@@ -3,7 +3,16 @@ joins the menu by resolving."""
 
 from django.urls import path
 
-from web import views, views_anomalies, views_chat, views_invoices, views_quality, views_reports, views_stakeholder
+from web import (
+    views,
+    views_alerts,
+    views_anomalies,
+    views_chat,
+    views_invoices,
+    views_quality,
+    views_reports,
+    views_stakeholder,
+)
 
 app_name = "web"
 
@@ -34,5 +43,6 @@ urlpatterns = [
     path("anomalies/<int:pk>/ack/", views_anomalies.anomaly_ack, name="anomaly-ack"),
     path("anomalies/<int:pk>/resolve/", views_anomalies.anomaly_resolve, name="anomaly-resolve"),
     path("quality/", views_quality.quality, name="quality"),
+    path("alerts/", views_alerts.alert_list, name="alerts"),
     *views_stakeholder.urlpatterns,
 ]

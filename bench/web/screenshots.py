@@ -53,6 +53,7 @@ SHOTS = [
     ("anomalies-manager.png", "manager", "/anomalies/", 1280),
     ("quality.png", "finance", "/quality/?start={two_weeks_ago}&end={today}", 1280),
     ("chat.png", "employee", "/chat/", 1280),
+    ("alerts.png", "finance", "/alerts/?state=all", 1280),
     ("reports.png", "finance", "/reports/", 1280),
     ("overview-375.png", "finance", "/overview/", 375),
     ("invoice-detail-375.png", "finance", "/invoices/{invoice}/", 375),

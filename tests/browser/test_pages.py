@@ -26,8 +26,8 @@ def menu(page) -> list[str]:
     [
         ("employee", ["Chat", "My usage"]),
         ("manager", ["My department", "Invoices", "Budgets", "Anomalies", "Reports", "Chat", "My usage"]),
-        ("finance", ["Overview", "Departments", "Invoices", "Budgets", "Anomalies", "Reports", "Quality", "Chat", "My usage"]),
-        ("admin", ["Overview", "Departments", "Invoices", "Budgets", "Anomalies", "Reports", "Quality", "Chat", "My usage", "Back office"]),
+        ("finance", ["Overview", "Departments", "Invoices", "Budgets", "Anomalies", "Reports", "Quality", "Alerts", "Chat", "My usage"]),
+        ("admin", ["Overview", "Departments", "Invoices", "Budgets", "Anomalies", "Reports", "Quality", "Alerts", "Chat", "My usage", "Back office"]),
     ],
 )
 def test_each_role_sees_its_menu(page, login_as, role, expected):
