@@ -29,6 +29,7 @@ from psycopg import errors as psycopg_errors
 
 from chargeback.pricing import PriceBook, get_price_book, price_usage
 from chargeback.usage import Usage, UsageError
+from telemetry import metrics
 from telemetry.models import UsageEvent
 
 MAX_EVENTS_PER_BATCH = 5000
@@ -879,9 +880,14 @@ def record_batch(*, key: Any, items: Sequence[Any], source: str = UsageEvent.Sou
         default_user=sender.username,
     )
     rows, rejected = validate_events(items, context=context)
+    if rejected:
+        metrics.INGEST_EVENTS.labels(source, "rejected").inc(len(rejected))
     if not rows:
         return BatchResult(0, 0, rejected)
     written = write_events(tenant=tenant_id, rows=rows)
+    metrics.INGEST_EVENTS.labels(source, "accepted").inc(written.accepted)
+    if written.duplicates:
+        metrics.INGEST_EVENTS.labels(source, "duplicate").inc(written.duplicates)
     return BatchResult(written.accepted, written.duplicates, rejected)
 
 
