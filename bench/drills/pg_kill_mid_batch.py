@@ -120,10 +120,18 @@ def main() -> int:
         results["stored_after_kill"] = stored.count()
         r = httpx.post(base + "/api/v1/usage-events", json=batch, headers=headers, timeout=60)
         body = r.json()
-        results["retry"] = {"status": r.status_code, "accepted": body.get("accepted"), "duplicates": body.get("duplicates")}
+        results["retry"] = {
+            "status": r.status_code,
+            "accepted": body.get("accepted"),
+            "duplicates": body.get("duplicates"),
+        }
         r = httpx.post(base + "/api/v1/usage-events", json=batch, headers=headers, timeout=60)
         body = r.json()
-        results["second_retry"] = {"status": r.status_code, "accepted": body.get("accepted"), "duplicates": body.get("duplicates")}
+        results["second_retry"] = {
+            "status": r.status_code,
+            "accepted": body.get("accepted"),
+            "duplicates": body.get("duplicates"),
+        }
         results["stored_final"] = stored.count()
         results["distinct_event_ids"] = stored.values("event_id").distinct().count()
         results["input_tokens_sum_ok"] = sum(stored.values_list("input_tokens", flat=True)) == sum(
