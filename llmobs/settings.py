@@ -117,7 +117,15 @@ CELERY_TIMEZONE = "UTC"
 # the minute rollups and budget checks on `default`. Run `celery -A llmobs worker -Q default`
 # and `celery -A llmobs worker -Q slow` (Procfile; docs/OPERATIONS.md).
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# Explicit names first (tests/test_task_routes.py lists every registered task and its queue);
+# the patterns catch future tasks named after the same work.
 CELERY_TASK_ROUTES = {
+    "telemetry.run_evals": {"queue": "slow"},
+    "telemetry.send_reports": {"queue": "slow"},
+    "telemetry.export_warehouse": {"queue": "slow"},
+    "telemetry.roll_up_range": {"queue": "slow"},
+    "telemetry.purge_usage": {"queue": "slow"},
+    "chargeback.generate_invoices": {"queue": "slow"},
     "evals.*": {"queue": "slow"},
     "*.evals.*": {"queue": "slow"},
     "reports.*": {"queue": "slow"},
@@ -151,6 +159,10 @@ CELERY_BEAT_SCHEDULE["chargeback.generate_invoices"] = {
 }
 # Captured prompt/completion text expires on schedule (Tenant.capture_retention_days).
 CELERY_BEAT_SCHEDULE["purge-captures"] = {"task": "telemetry.purge_captures", "schedule": 3600.0}
+# Raw usage events older than this many days are deleted daily at 03:15 UTC (telemetry/retention.py;
+# rollups and invoices are kept). 0 = keep forever; otherwise at least 7.
+LLMOBS_RAW_RETENTION_DAYS = env.int("LLMOBS_RAW_RETENTION_DAYS", default=400)
+CELERY_BEAT_SCHEDULE["purge-usage"] = {"task": "telemetry.purge_usage", "schedule": crontab(minute=15, hour=3)}
 # LLM-as-judge evaluations of sampled production calls (docs/EVALS.md).
 CELERY_BEAT_SCHEDULE["run-evals"] = {"task": "telemetry.run_evals", "schedule": 900.0, "options": {"expires": 840}}
 

@@ -29,6 +29,7 @@ from psycopg import errors as psycopg_errors
 
 from chargeback.pricing import PriceBook, get_price_book, price_usage
 from chargeback.usage import Usage, UsageError
+from telemetry import metrics, retention
 from telemetry.models import UsageEvent
 
 MAX_EVENTS_PER_BATCH = 5000
@@ -197,6 +198,8 @@ class EventContext:
     api_key_prefix: str = ""
     bound_department: tuple[int, str] | None = None  # (id, code) of the key's department
     default_user: str = ""
+    # Oldest accepted occurrence time: EARLIEST, or the raw-retention limit (telemetry/retention.py).
+    earliest: datetime = EARLIEST
 
 
 # --- Parsing ------------------------------------------------------------------------------------
@@ -280,7 +283,7 @@ def _count(value: Any, limit: int) -> tuple[int, str | None]:
     return 0, f"must be a non-negative integer, not {_type_name(value)}."
 
 
-def parse_timestamp(value: Any, *, now: datetime) -> tuple[datetime | None, str | None]:
+def parse_timestamp(value: Any, *, now: datetime, earliest: datetime = EARLIEST) -> tuple[datetime | None, str | None]:
     if isinstance(value, datetime):
         moment = value
     elif not isinstance(value, str):
@@ -296,6 +299,9 @@ def parse_timestamp(value: Any, *, now: datetime) -> tuple[datetime | None, str 
         return None, "must include a UTC offset (Z or ±hh:mm)."
     if moment < EARLIEST:
         return None, "must not be before 2000-01-01."
+    if moment < earliest:
+        # Its day's raw rows may already be purged: re-rolling it would replace the kept rollup.
+        return None, f"must not be before {earliest:%Y-%m-%d} (raw events older than the retention are purged)."
     if moment > now + MAX_FUTURE:
         return None, "must not be more than a day in the future."
     return moment, None
@@ -413,7 +419,7 @@ def _fast_row(data: Any, context: EventContext) -> EventRow | None:
         return None
     if occurred_at.tzinfo is None or occurred_at.utcoffset() is None:
         return None
-    if occurred_at < EARLIEST or occurred_at > context.now + MAX_FUTURE:
+    if occurred_at < context.earliest or occurred_at > context.now + MAX_FUTURE:
         return None
     provider = get("provider")
     if type(provider) is not str or not 0 < len(provider) <= 64 or "\x00" in provider:
@@ -583,7 +589,7 @@ def _checked_event(data: Any, *, context: EventContext) -> tuple[EventRow | None
     event_id, error = _string(data.get("event_id"), 128, required=True)
     if error:
         errors["event_id"] = [error]
-    occurred_at, error = parse_timestamp(data.get("timestamp"), now=context.now)
+    occurred_at, error = parse_timestamp(data.get("timestamp"), now=context.now, earliest=context.earliest)
     if error:
         errors["timestamp"] = [error]
     provider, error = _string(data.get("provider"), 64, required=True)
@@ -867,21 +873,28 @@ def record_batch(*, key: Any, items: Sequence[Any], source: str = UsageEvent.Sou
     sender = Sender.of(key)
     tenant_id = sender.tenant_id
     bound = sender.department_id is not None
+    now = timezone.now()
     context = EventContext(
         tenant_id=tenant_id,
         source=source,
         book=get_price_book(tenant_id, max_age_s=PRICE_BOOK_MAX_AGE_S),
         departments={} if bound else resolve_departments(tenant_id=tenant_id, codes=department_codes(items)),
-        now=timezone.now(),
+        now=now,
+        earliest=retention.earliest_raw_write(now=now) or EARLIEST,
         api_key_id=sender.pk,
         api_key_prefix=sender.prefix,
         bound_department=(sender.department_id, sender.department_code) if bound else None,
         default_user=sender.username,
     )
     rows, rejected = validate_events(items, context=context)
+    if rejected:
+        metrics.INGEST_EVENTS.labels(source, "rejected").inc(len(rejected))
     if not rows:
         return BatchResult(0, 0, rejected)
     written = write_events(tenant=tenant_id, rows=rows)
+    metrics.INGEST_EVENTS.labels(source, "accepted").inc(written.accepted)
+    if written.duplicates:
+        metrics.INGEST_EVENTS.labels(source, "duplicate").inc(written.duplicates)
     return BatchResult(written.accepted, written.duplicates, rejected)
 
 

@@ -9,10 +9,15 @@ deploy) and every worker's samples are merged at scrape time.
 from __future__ import annotations
 
 import hmac
+import logging
 import os
+from datetime import timedelta
 
 from django.conf import settings
+from django.db import DatabaseError
+from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -22,6 +27,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
+
+log = logging.getLogger(__name__)
 
 LABELS = ("tenant", "department", "provider", "model")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -60,6 +68,14 @@ TRACE_SAMPLING = Counter(
     "llmobs_trace_sampling", "Gateway calls by trace sampling decision and reason.", ["tenant", "decision", "reason"]
 )
 BUDGET_FAIL_OPEN = Counter("llmobs_budget_fail_open", "Calls admitted without budget checks (ledger down).")
+RECORDER_DROPPED = Counter(
+    "llmobs_recorder_dropped_events", "Gateway usage events the database refused to store (logged with their id)."
+)
+# Ingest API and OTLP (telemetry/ingest.py record_batch): source is ingest/otlp, outcome is
+# accepted/duplicate/rejected. No tenant label: the alert is on the whole intake.
+INGEST_EVENTS = Counter(
+    "llmobs_ingest_events", "Events received by the ingest API and OTLP, by outcome.", ["source", "outcome"]
+)
 
 TOKEN_TYPES = (
     ("input", "input_tokens"),
@@ -94,6 +110,48 @@ def observe_attempt(
         TTFT.labels(*labels).observe(ttft_s)
 
 
+class DatabaseCollector:
+    """Gauges read from the database at scrape time, so they are right whichever process (web,
+    worker, beat) did the work: how far behind `now` each rollup watermark is (the ingest lag the
+    dashboards and budgets see), and unpriced events per tenant over the last 24 rolled-up hours.
+    Every web machine reports the same values: aggregate them with max(), not sum()."""
+
+    def collect(self):
+        from chargeback.models import Tenant
+        from telemetry.models import HourlyRollup, RollupWatermark
+
+        up = GaugeMetricFamily("llmobs_metrics_database_up", "1 when the scrape could read the database gauges.")
+        lag = GaugeMetricFamily(
+            "llmobs_rollup_lag_seconds", "Seconds between now and a rollup stream's watermark.", labels=["stream"]
+        )
+        unpriced = GaugeMetricFamily(
+            "llmobs_unpriced_events_24h",
+            "Events with no matching price in the last 24 hours of hourly rollups.",
+            labels=["tenant"],
+        )
+        now = timezone.now()
+        try:
+            for name, position in RollupWatermark.objects.values_list("name", "position"):
+                lag.add_metric([name], max(0.0, (now - position).total_seconds()))
+            rows = (
+                HourlyRollup.objects.filter(hour__gte=now - timedelta(hours=24), unpriced__gt=0)
+                .values("tenant_id")
+                .annotate(n=Sum("unpriced"))
+            )
+            counts = {r["tenant_id"]: r["n"] for r in rows}
+            slugs = dict(Tenant.objects.filter(pk__in=counts).values_list("pk", "slug"))
+            for tenant_id, n in sorted(counts.items()):
+                unpriced.add_metric([slugs.get(tenant_id, str(tenant_id))], float(n))
+        except DatabaseError:
+            # A scrape must answer even when the database does not; the alert is on `up`.
+            log.warning("metrics: database gauges unavailable", exc_info=True)
+            up.add_metric([], 0.0)
+            yield up
+            return
+        up.add_metric([], 1.0)
+        yield from (up, lag, unpriced)
+
+
 def _scrape_allowed(request: HttpRequest) -> bool:
     """Labels carry tenant slugs and department codes, so the scrape is an operator credential,
     not a tenant one: with LLMOBS_METRICS_TOKEN set, only `Authorization: Bearer <token>` opens
@@ -118,7 +176,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
-RECORDER_DROPPED = Counter(
-    "llmobs_recorder_dropped_events", "Gateway usage events the database refused to store (logged with their id)."
-)
+    database = CollectorRegistry(auto_describe=False)
+    database.register(DatabaseCollector())
+    body = generate_latest(registry) + generate_latest(database)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

@@ -199,7 +199,15 @@ def rebuild(
     progress: Callable[[str], None] | None = None,
 ) -> RollupResult:
     """Recompute every rollup for [start, end) (widened to whole hours), one chunk per
-    transaction so a long rebuild makes durable progress."""
+    transaction so a long rebuild makes durable progress. Never before the raw-retention limit:
+    purged hours would be recomputed from no rows and their kept rollups erased."""
+    from telemetry import retention
+
+    earliest = retention.earliest_raw_write()
+    if earliest is not None and start < earliest:
+        if progress:
+            progress(f"Starting at {earliest:%Y-%m-%d %H:%M} UTC: older raw events are past the retention.")
+        start = earliest
     start = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     end_utc = end.astimezone(UTC)
     end = end_utc.replace(minute=0, second=0, microsecond=0)

@@ -1,7 +1,8 @@
 """Celery tasks of the telemetry app: the every-minute rollup, the slower per-dimension rollup
 and the hourly anomaly scorer. Each takes primitives and calls one domain function; each is
 safe to run twice (buckets are recomputed whole; anomalies are unique per metric and hour),
-plus the hourly purge of expired captured content."""
+plus the hourly purge of expired captured content and the daily purge of raw events past
+their retention."""
 
 from __future__ import annotations
 
@@ -44,6 +45,14 @@ def score_anomalies() -> int:
 @shared_task(name="telemetry.purge_captures", soft_time_limit=240, time_limit=300, ignore_result=True)
 def purge_captures() -> int:
     return capture.purge_expired_captures()
+
+
+@shared_task(name="telemetry.purge_usage", soft_time_limit=3300, time_limit=3600, ignore_result=True)
+def purge_usage() -> int:
+    """Daily: delete raw events past LLMOBS_RAW_RETENTION_DAYS (rollups keep the history)."""
+    from telemetry import retention
+
+    return retention.purge_usage_events().deleted
 
 
 @shared_task(

@@ -101,3 +101,10 @@ def eager_celery(request):
     app.conf.task_always_eager = True
     yield
     app.conf.task_always_eager = previous
+
+
+@pytest.fixture(autouse=True)
+def _keep_raw_events_forever(settings):
+    """Tests use fixed dates that age past LLMOBS_RAW_RETENTION_DAYS; the retention tests
+    (tests/test_retention.py) set it explicitly."""
+    settings.LLMOBS_RAW_RETENTION_DAYS = 0
