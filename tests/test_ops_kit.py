@@ -23,16 +23,19 @@ ROOT = Path(__file__).resolve().parents[1]
 ALERTS = ROOT / "ops" / "prometheus" / "alerts.yml"
 ALERT_TESTS = ROOT / "ops" / "prometheus" / "alerts.test.yml"
 DASHBOARD = ROOT / "ops" / "grafana" / "llmobs-dashboard.json"
-RUNBOOK_ANCHORS = {
-    "budget-threshold",
-    "budget-forecast",
-    "anomaly",
-    "error-rate-spike",
-    "latency-slo-breach",
-    "quality-drop",
-    "unpriced-events",
-    "ingest-lag",
-}
+RUNBOOK = ROOT / "docs" / "RUNBOOK.md"
+
+
+def _runbook_anchors() -> set[str]:
+    """GitHub-style anchors of the runbook's sections, read from the file itself."""
+    return {
+        re.sub(r"[^a-z0-9 -]", "", line[3:].strip().lower()).replace(" ", "-")
+        for line in RUNBOOK.read_text().splitlines()
+        if line.startswith("## ")
+    }
+
+
+RUNBOOK_ANCHORS = _runbook_anchors()
 METRIC_NAME = re.compile(r"\bllmobs_[a-z0-9_]+")
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"), "gauge": ("",)}
 # Families the DatabaseCollector yields at scrape time (asserted against /metrics below).
@@ -155,3 +158,9 @@ def test_promtool_checks_and_unit_tests_the_rules():
         timeout=60,
     )
     assert unit.returncode == 0, unit.stdout + unit.stderr
+
+
+def test_every_alert_kind_links_to_an_existing_runbook_section():
+    from chargeback import alerting
+
+    assert set(alerting.RUNBOOK.values()) <= RUNBOOK_ANCHORS

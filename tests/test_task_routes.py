@@ -10,6 +10,7 @@ EXPECTED = {
     "chargeback.deliver": "default",
     "chargeback.evaluate_budgets": "default",
     "chargeback.generate_invoices": "slow",
+    "telemetry.check_alerts": "default",
     "telemetry.export_warehouse": "slow",
     "telemetry.purge_captures": "default",
     "telemetry.purge_usage": "slow",
