@@ -165,6 +165,7 @@ USAGE_EVENTS = Table(
         _s("feature", "Product feature the call served."),
         _s("tags", "Tags as a JSON object (text; parse with PARSE_JSON / json_extract)."),
         _s("prompt_version", "Prompt version label."),
+        _s("sampling", "Gateway calls: why the trace was kept (error, slow, costly, sampled, off) or dropped; empty otherwise."),
     ),
 )
 
