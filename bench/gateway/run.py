@@ -149,6 +149,8 @@ def main() -> None:
             )
         )
         upstream = f"http://127.0.0.1:{UPSTREAM_PORT}"
+        # A fresh benchmark database needs the schema first.
+        subprocess.run([PYTHON, str(ROOT / "manage.py"), "migrate", "-v0"], cwd=ROOT, env=env, check=True)
         key = (
             subprocess.run(
                 [PYTHON, str(HERE / "setup_data.py"), upstream], env=env, capture_output=True, text=True, check=True
