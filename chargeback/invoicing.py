@@ -284,7 +284,16 @@ class _PriceNotes:
                 "cache_write_per_mtok": write,
                 "output_per_mtok": price.output_per_mtok,
             }
-            return rates, ""
+            # Charges that are not per token: without them a compute-priced model would show
+            # token rates of 0 beside a non-zero amount.
+            extras = []
+            if price.per_gpu_second is not None:
+                extras.append(f"{price.per_gpu_second.normalize():f} {price.currency} per GPU-second of compute")
+            if price.per_request_fee:
+                extras.append(f"{price.per_request_fee.normalize():f} {price.currency} per request")
+            if not extras:
+                return rates, ""
+            return rates, ("plus " if any(rates.values()) else "priced by ") + "; ".join(extras)
         if len(winners) > 1:
             return {}, f"{len(winners)} price versions this month: average rate shown"
         return {}, "no price in the price book: caller-reported cost"

@@ -126,6 +126,22 @@ def test_unit_prices_come_from_the_price_book_and_a_mid_month_change_is_said(acm
     assert mini.average_per_mtok == Decimal("1")
 
 
+def test_compute_and_per_request_charges_are_named_beside_the_token_rates(acme, research_dept):
+    """An Ollama model priced by GPU-second shows token rates of 0: the note says what it is
+    priced by, so a 0 / 0 / 0 / 0 rate beside a non-zero amount never reaches finance unexplained."""
+    make_price(
+        provider="ollama", model_pattern="llama3.1:8b", input_per_mtok=Decimal(0), output_per_mtok=Decimal(0),
+        per_gpu_second=Decimal("0.0005"),
+    )  # fmt: skip
+    make_price(model_pattern="gpt-4o", input_per_mtok=Decimal("2.50"), per_request_fee=Decimal("0.01"))
+    event(acme, research_dept, "0.0100", provider="ollama", model="llama3.1:8b", compute_ms=20_000)
+    event(acme, research_dept, "0.0125", input_tokens=1000, output_tokens=0)
+    draft(acme)
+    llama, gpt = lines_of(Invoice.objects.get(department=research_dept))  # ollama sorts before openai
+    assert llama.price_note == "priced by 0.0005 USD per GPU-second of compute"
+    assert gpt.price_note == "plus 0.01 USD per request"
+
+
 def test_discount_policy_lowers_the_charged_amount_but_not_the_list_cost(acme, research_dept):
     ChargebackPolicy.objects.create(tenant=acme, discount_percent=Decimal("10"), notes="Negotiated rebate.")
     event(acme, research_dept, "1.1146913578")
