@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmobs.settings")
+# The benchmark month lies in the past: keep the raw-retention guard from skipping it.
+os.environ.setdefault("LLMOBS_RAW_RETENTION_DAYS", "0")
 
 MONTH_START = datetime(2025, 3, 1, tzinfo=UTC)
 MONTH_END = datetime(2025, 4, 1, tzinfo=UTC)
