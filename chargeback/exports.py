@@ -149,21 +149,39 @@ def invoice_csv(invoice: Invoice) -> str:
         )
     total = [*head, "", "total", "Invoice total", "", "", "", invoice.unpriced_requests]
     total += [""] * 10 + [invoice.list_total_unrounded, ""]
-    total += [invoice.total_unrounded, _cents(invoice.total, invoice.currency), invoice.rounding_difference, invoice.currency, "", "", ""]
+    total += [
+        invoice.total_unrounded,
+        _cents(invoice.total, invoice.currency),
+        invoice.rounding_difference,
+        invoice.currency,
+        "",
+        "",
+        "",
+    ]
     rows.append(total)
     return _write(INVOICE_CSV_HEADER, rows)
 
 
-def invoice_pdf(invoice: Invoice) -> bytes:
-    """The PDF a finance team sends: header, department, period, lines, allocations, totals, notes."""
+# Characters the PDF's built-in Helvetica has no glyph for (they would print as a box), and
+# what to print instead: the typographic minus used for negative amounts, dashes and arrows.
+PDF_SUBSTITUTES = str.maketrans({"\u2212": "-", "\u2192": "->", "\u2190": "<-", "\u2011": "-"})
+
+
+def html_to_pdf(html: str, *, what: str) -> bytes:
+    """Render an HTML document to PDF bytes (xhtml2pdf), refusing to return a broken one."""
     from xhtml2pdf import pisa
 
-    html = render_to_string("chargeback/invoice_pdf.html", invoice_context(invoice))
     out = io.BytesIO()
-    status = pisa.CreatePDF(html, dest=out, encoding="utf-8")
+    status = pisa.CreatePDF(html.translate(PDF_SUBSTITUTES), dest=out, encoding="utf-8")
     if status.err:
-        raise RuntimeError(f"PDF rendering failed for invoice {invoice.pk}: {status.err} error(s)")
+        raise RuntimeError(f"PDF rendering failed for {what}: {status.err} error(s)")
     return out.getvalue()
+
+
+def invoice_pdf(invoice: Invoice) -> bytes:
+    """The PDF a finance team sends: header, department, period, lines, allocations, totals, notes."""
+    html = render_to_string("chargeback/invoice_pdf.html", invoice_context(invoice))
+    return html_to_pdf(html, what=f"invoice {invoice.pk}")
 
 
 def invoice_context(invoice: Invoice) -> dict[str, Any]:

@@ -316,7 +316,11 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     # The provider SDKs' HTTP clients log every request at INFO: noise at gateway volumes.
-    "loggers": {name: {"level": "WARNING"} for name in ("httpx", "httpx2", "httpcore")},
+    "loggers": {
+        **{name: {"level": "WARNING"} for name in ("httpx", "httpx2", "httpcore")},
+        # xhtml2pdf warns on every render about CSS it ignores (border-collapse): not actionable.
+        "xhtml2pdf": {"level": "ERROR"},
+    },
 }
 
 # --- Gateway (docs/GATEWAY.md) ------------------------------------------------------------------

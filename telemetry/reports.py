@@ -12,7 +12,6 @@ by fixed rules (`summarise`), never free text. See docs/REPORTS.md.
 
 from __future__ import annotations
 
-import io
 import logging
 import smtplib
 from dataclasses import dataclass, field
@@ -170,6 +169,18 @@ class AnomalyItem:
     metric: str
     severity: str
     explanation: str
+    observed: str = ""  # in the metric's unit, for the written summary
+    expected: str = ""
+
+
+def _metric_value(metric: str, value: Decimal, currency: str) -> str:
+    if metric == Anomaly.Metric.COST:
+        return money.format_money(value, currency)
+    if metric == Anomaly.Metric.ERROR_RATE:
+        return f"{(Decimal(value) * 100).quantize(Decimal('0.1'))}%"
+    if metric == Anomaly.Metric.P95_LATENCY:
+        return f"{Decimal(value).quantize(Decimal(1)):,} ms"
+    return f"{Decimal(value).quantize(Decimal(1)):,}"
 
 
 @dataclass
@@ -409,6 +420,8 @@ def _anomalies(*, tenant: Tenant, department: Department | None, start: datetime
             a.get_metric_display(),
             a.severity,
             a.explanation,
+            observed=_metric_value(a.metric, a.observed, tenant.currency),
+            expected=_metric_value(a.metric, a.expected, tenant.currency),
         )
         for a in rows[:TOP_N]
     ]
@@ -557,14 +570,31 @@ def summarise(report: Report) -> list[str]:
         lines.append(text + ".")
     if r.anomaly_count:
         high = f", {r.anomaly_high} of them high severity" if r.anomaly_high else ""
+        top = r.anomalies[0]
+        metric = top.metric.split(" (")[0]
+        metric = metric if metric.startswith("p95") else metric.lower()
+        when = top.when.astimezone(r.tenant.tz)
         lines.append(
             f"{r.anomaly_count} unusual {'pattern was' if r.anomaly_count == 1 else 'patterns were'} detected{high}; "
-            f"the most significant: {r.anomalies[0].explanation.rstrip('.')}."
+            f"the largest: {metric} in {top.department} on {when:%a %-d %b} at {when:%H}:00 was {top.observed}, "
+            f"against a usual {top.expected}."
         )
     else:
         lines.append(f"No unusual activity was detected this {noun}.")
     if r.quality is None:
         lines.append("Satisfaction and answer quality are not measured yet.")
+    else:
+        q, parts = r.quality, []
+        if q.eval_pass_rate_percent is not None:
+            parts.append(
+                f"{_percent(q.eval_pass_rate_percent)} of the {q.eval_count:,} answers checked by the quality judge passed"
+            )
+        if q.satisfaction_percent is not None:
+            rated = f"{q.feedback_count:,} {'rating' if q.feedback_count == 1 else 'ratings'}"
+            parts.append(f"users were satisfied with {_percent(q.satisfaction_percent)} of answers ({rated})")
+        if parts:
+            text = "; ".join(parts)
+            lines.append(text[0].upper() + text[1:] + ".")
     if r.unpriced:
         calls = "1 call had no price and is" if r.unpriced == 1 else f"{r.unpriced:,} calls had no price and are"
         lines.append(f"{calls} not included in spend.")
@@ -602,18 +632,15 @@ def render_text(report: Report) -> str:
         if rows:
             out += ["", f"Top {title.lower()}:"]
             out += [f"  {row.label}: {r.money(row.cost)} ({row.requests:,} calls)" for row in rows]
-    out += ["", "Satisfaction and quality: " + ("not measured yet" if r.quality is None else "see the PDF")]
+    if r.quality is None:
+        out += ["", "Satisfaction and quality: not measured yet"]
     return "\n".join(out) + "\n"
 
 
 def render_pdf(report: Report) -> bytes:
-    from xhtml2pdf import pisa
+    from chargeback.exports import html_to_pdf
 
-    out = io.BytesIO()
-    status = pisa.CreatePDF(render_html(report), dest=out, encoding="utf-8")
-    if status.err:
-        raise RuntimeError(f"PDF rendering failed for {report.title}: {status.err} error(s)")
-    return out.getvalue()
+    return html_to_pdf(render_html(report), what=report.title)
 
 
 def pdf_filename(report: Report) -> str:

@@ -181,3 +181,17 @@ def test_gl_journal_is_balanced_and_posts_issued_invoices_only(issued, acme):
     (debit, credit) = rows(exports.gl_csv(tenant=acme, period=date(2026, 4, 1)))
     assert (debit["account"], debit["cost_centre"], debit["debit"]) == ("7950", "", "5.00")
     assert (credit["account"], credit["cost_centre"], credit["credit"]) == ("6450", "CC-100", "5.00")
+
+
+def test_pdf_prints_minus_signs_and_arrows_helvetica_can_draw():
+    """The typographic minus (U+2212) of negative amounts has no glyph in the PDF's Helvetica and
+    printed as a box; html_to_pdf substitutes what the font can draw."""
+    import io
+
+    from pypdf import PdfReader
+
+    from chargeback.exports import html_to_pdf
+
+    pdf = html_to_pdf("<html><body><p>Credit \u22120.07 USD, A \u2192 B</p></body></html>", what="test")
+    text = PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
+    assert "Credit -0.07 USD, A -> B" in text

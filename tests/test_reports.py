@@ -37,14 +37,73 @@ def rising(acme, research_dept, sales_dept, other_tenant, other_dept):
     """Previous week 150.00 USD; this week 450.0000000003 USD, the rise driven by Research on
     claude-sonnet (+310)."""
     ev = make_usage_event
-    ev(tenant=acme, department=research_dept, occurred_at=at(BEFORE.start), model="gpt-4o", cost=Decimal("100"), user_ref="ann", feature="search")
-    ev(tenant=acme, department=sales_dept, occurred_at=at(BEFORE.start + timedelta(days=2)), model="claude-sonnet", provider="anthropic", cost=Decimal("50"), user_ref="cy", feature="chat")
-    ev(tenant=acme, department=research_dept, occurred_at=at(WEEK.start), model="gpt-4o", cost=Decimal("100.0000000001"), user_ref="ann", feature="search")
-    ev(tenant=acme, department=research_dept, occurred_at=at(WEEK.start + timedelta(days=3)), model="claude-sonnet", provider="anthropic", cost=Decimal("310.0000000001"), user_ref="bob", feature="chat")
-    ev(tenant=acme, department=sales_dept, occurred_at=at(WEEK.start + timedelta(days=6), 20), model="claude-sonnet", provider="anthropic", cost=Decimal("40.0000000001"), user_ref="cy", feature="chat")
-    ev(tenant=acme, department=sales_dept, occurred_at=at(WEEK.start + timedelta(days=1)), model="claude-sonnet", provider="anthropic", cost=None, cost_provenance="unpriced", user_ref="", feature="chat")
+    ev(
+        tenant=acme,
+        department=research_dept,
+        occurred_at=at(BEFORE.start),
+        model="gpt-4o",
+        cost=Decimal("100"),
+        user_ref="ann",
+        feature="search",
+    )
+    ev(
+        tenant=acme,
+        department=sales_dept,
+        occurred_at=at(BEFORE.start + timedelta(days=2)),
+        model="claude-sonnet",
+        provider="anthropic",
+        cost=Decimal("50"),
+        user_ref="cy",
+        feature="chat",
+    )
+    ev(
+        tenant=acme,
+        department=research_dept,
+        occurred_at=at(WEEK.start),
+        model="gpt-4o",
+        cost=Decimal("100.0000000001"),
+        user_ref="ann",
+        feature="search",
+    )
+    ev(
+        tenant=acme,
+        department=research_dept,
+        occurred_at=at(WEEK.start + timedelta(days=3)),
+        model="claude-sonnet",
+        provider="anthropic",
+        cost=Decimal("310.0000000001"),
+        user_ref="bob",
+        feature="chat",
+    )
+    ev(
+        tenant=acme,
+        department=sales_dept,
+        occurred_at=at(WEEK.start + timedelta(days=6), 20),
+        model="claude-sonnet",
+        provider="anthropic",
+        cost=Decimal("40.0000000001"),
+        user_ref="cy",
+        feature="chat",
+    )
+    ev(
+        tenant=acme,
+        department=sales_dept,
+        occurred_at=at(WEEK.start + timedelta(days=1)),
+        model="claude-sonnet",
+        provider="anthropic",
+        cost=None,
+        cost_provenance="unpriced",
+        user_ref="",
+        feature="chat",
+    )
     # Outside the week in Paris time (Mon 23 Nov 00:30 local) and another tenant: never counted.
-    ev(tenant=acme, department=sales_dept, occurred_at=datetime(2026, 11, 22, 23, 30, tzinfo=UTC), model="gpt-4o", cost=Decimal("999"))
+    ev(
+        tenant=acme,
+        department=sales_dept,
+        occurred_at=datetime(2026, 11, 22, 23, 30, tzinfo=UTC),
+        model="gpt-4o",
+        cost=Decimal("999"),
+    )
     ev(tenant=other_tenant, department=other_dept, occurred_at=at(WEEK.start), cost=Decimal("5000"), user_ref="zed")
     roll()
 
@@ -106,10 +165,38 @@ def test_summary_for_rising_spend_names_the_driver(rising, acme):
 
 def test_summary_for_falling_spend_names_the_biggest_drop(acme, research_dept, sales_dept):
     ev = make_usage_event
-    ev(tenant=acme, department=research_dept, occurred_at=at(BEFORE.start), model="gpt-4o", cost=Decimal("800"), user_ref="ann")
-    ev(tenant=acme, department=sales_dept, occurred_at=at(BEFORE.start), model="claude-sonnet", cost=Decimal("200"), user_ref="cy")
-    ev(tenant=acme, department=research_dept, occurred_at=at(WEEK.start), model="gpt-4o", cost=Decimal("500"), user_ref="ann")
-    ev(tenant=acme, department=sales_dept, occurred_at=at(WEEK.start), model="claude-sonnet", cost=Decimal("270"), user_ref="cy")
+    ev(
+        tenant=acme,
+        department=research_dept,
+        occurred_at=at(BEFORE.start),
+        model="gpt-4o",
+        cost=Decimal("800"),
+        user_ref="ann",
+    )
+    ev(
+        tenant=acme,
+        department=sales_dept,
+        occurred_at=at(BEFORE.start),
+        model="claude-sonnet",
+        cost=Decimal("200"),
+        user_ref="cy",
+    )
+    ev(
+        tenant=acme,
+        department=research_dept,
+        occurred_at=at(WEEK.start),
+        model="gpt-4o",
+        cost=Decimal("500"),
+        user_ref="ann",
+    )
+    ev(
+        tenant=acme,
+        department=sales_dept,
+        occurred_at=at(WEEK.start),
+        model="claude-sonnet",
+        cost=Decimal("270"),
+        user_ref="cy",
+    )
     roll()
     report = reports.build_report(tenant=acme, department=None, period=WEEK)
     assert report.summary[0] == (
@@ -136,7 +223,10 @@ def test_budget_projection_uses_the_month_so_far(rising, acme):
     # 1 → 22 Nov (22 of 30 days): both weeks' spend, projected at that rate to the month's end.
     assert outlook.spent_to_date == Decimal("600.0000000003")
     assert outlook.projected == Decimal("600.0000000003") * Decimal(30 * 86400) / Decimal(22 * 86400)
-    assert "Acme AI is on course to end the month at 818.18 USD, 164% of its 500.00 USD limit (318.18 USD over)." in report.summary
+    assert (
+        "Acme AI is on course to end the month at 818.18 USD, 164% of its 500.00 USD limit (318.18 USD over)."
+        in report.summary
+    )
 
 
 def test_monthly_report_closes_the_month(rising, acme):
@@ -145,7 +235,9 @@ def test_monthly_report_closes_the_month(rising, acme):
     assert (month.start, month.end) == (date(2026, 11, 1), date(2026, 12, 1))
     report = reports.build_report(tenant=acme, department=None, period=month)
     assert report.spend == Decimal("1599.0000000003")  # with the 999 of Monday 23 Nov (local)
-    assert "Acme AI closed November at 1,599.00 USD, 160% of its 1,000.00 USD limit (599.00 USD over)." in report.summary
+    assert (
+        "Acme AI closed November at 1,599.00 USD, 160% of its 1,000.00 USD limit (599.00 USD over)." in report.summary
+    )
 
 
 def test_anomalies_of_the_period_are_listed(rising, acme, research_dept):
@@ -160,10 +252,37 @@ def test_anomalies_of_the_period_are_listed(rising, acme, research_dept):
     )  # fmt: skip
     report = reports.build_report(tenant=acme, department=None, period=WEEK)
     assert report.anomaly_count == 1
+    local = at(WEEK.start + timedelta(days=3)).astimezone(acme.tz)
     assert report.summary[-3] == (
-        "1 unusual pattern was detected, 1 of them high severity; the most significant: "
-        "Cost was 31× the usual for this hour, driven by claude-sonnet."
+        "1 unusual pattern was detected, 1 of them high severity; the largest: cost in Research on "
+        f"Thu 19 Nov at {local:%H}:00 was 310.00 USD, against a usual 10.00 USD."
     )
+    assert report.anomalies[0].explanation.startswith("Cost was 31×")  # the full text stays in the PDF table
+
+
+def test_quality_and_satisfaction_are_summarised_when_measured(rising, acme, research_dept):
+    from telemetry.models import EvalConfig, EvalScore, Feedback
+    from tests.factories import make_route
+
+    config = EvalConfig.objects.create(
+        tenant=acme, name="helpful", judge_route=make_route(tenant=acme, alias="j"), criteria="c"
+    )
+    for i, passed in enumerate([True, True, True, False]):
+        EvalScore.objects.create(
+            tenant=acme, config=config, event_id=f"q{i}", event_at=at(WEEK.start), department=research_dept,
+            department_code="research", kind="rubric", status="ok", passed=passed, normalized=1.0 if passed else 0.0,
+        )  # fmt: skip
+    for i, thumbs in enumerate(["up", "down"]):
+        Feedback.objects.create(
+            tenant=acme, event_id=f"f{i}", author=f"user:{i}", event_at=at(WEEK.start), department=research_dept,
+            department_code="research", thumbs=thumbs,
+        )  # fmt: skip
+    report = reports.build_report(tenant=acme, department=None, period=WEEK)
+    assert (
+        "75% of the 4 answers checked by the quality judge passed; users were satisfied with 50% of answers (2 ratings)."
+        in report.summary
+    )
+    assert "Satisfaction and answer quality are not measured yet." not in report.summary
 
 
 def test_periods_are_local_weeks_and_months():
@@ -178,8 +297,12 @@ def test_periods_are_local_weeks_and_months():
 # --- Sending -------------------------------------------------------------------------------------
 @pytest.fixture
 def people(acme, research_dept):
-    make_member(tenant=acme, username="fin", role=Role.FINANCE).__class__.objects.filter(username="fin").update(email="fin@acme.example")
-    make_member(tenant=acme, username="boss", role=Role.ADMIN).__class__.objects.filter(username="boss").update(email="Boss@Acme.example")
+    make_member(tenant=acme, username="fin", role=Role.FINANCE).__class__.objects.filter(username="fin").update(
+        email="fin@acme.example"
+    )
+    make_member(tenant=acme, username="boss", role=Role.ADMIN).__class__.objects.filter(username="boss").update(
+        email="Boss@Acme.example"
+    )
     manager = make_member(tenant=acme, username="mgr", role=Role.MANAGER, department=research_dept)
     manager.__class__.objects.filter(pk=manager.pk).update(email="mgr@acme.example")
     make_member(tenant=acme, username="emp", role=Role.EMPLOYEE, department=research_dept)
@@ -250,7 +373,18 @@ def test_send_reports_task_and_command(rising, people, acme, settings, tmp_path,
     from telemetry.tasks import send_reports
 
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
-    call_command("send_reports", "--period", "week", "--date", "2026-11-23", "--tenant", "acme", "--preview", "--out", str(tmp_path))
+    call_command(
+        "send_reports",
+        "--period",
+        "week",
+        "--date",
+        "2026-11-23",
+        "--tenant",
+        "acme",
+        "--preview",
+        "--out",
+        str(tmp_path),
+    )
     out = capsys.readouterr().out
     assert "Spend rose 200% to 450.00 USD" in out
     assert f"PDF: {tmp_path}/llmobs-acme-all-week-2026-11-16.pdf" in out
