@@ -608,16 +608,20 @@ def wait_celery_ready(log: Path, timeout: float = 90.0) -> None:
 class Sampler(threading.Thread):
     """Every `interval` s: RSS of each process and the cumulative request counts, to CSV."""
 
-    def __init__(self, procs: Processes, stats: Stats, path: Path, interval: float, stop: threading.Event) -> None:
+    def __init__(
+        self, procs: Processes, stats: Stats, path: Path, interval: float, warmup: float, stop: threading.Event
+    ) -> None:
         super().__init__(daemon=True, name="rss-sampler")
         self.procs, self.stats, self.path, self.interval, self.stop = procs, stats, path, interval, stop
-        self.samples: list[tuple[float, dict[str, int], dict[str, int]]] = []  # (elapsed, label->kb, label->pid)
+        self.warmup = warmup
+        # (elapsed, label -> RSS kB, label -> pid, kind -> (requests, errors) so far)
+        self.samples: list[tuple[float, dict[str, int], dict[str, int], dict[str, tuple[int, int]]]] = []
         self.started = time.monotonic()
 
     def take(self) -> None:
         roles = self.procs.roles()
         rss = {label: kb for label, pid in roles.items() if (kb := rss_kb(pid)) is not None}
-        self.samples.append((time.monotonic() - self.started, rss, roles))
+        self.samples.append((time.monotonic() - self.started, rss, roles, self.stats.snapshot()))
 
     def run(self) -> None:
         self.take()
@@ -628,34 +632,47 @@ class Sampler(threading.Thread):
         self.write()
 
     def write(self) -> None:
-        labels = sorted({label for _, rss, _ in self.samples for label in rss})
+        labels = sorted({label for _, rss, _, _ in self.samples for label in rss})
+        kinds = ("ingest", "gateway", "dashboard")
         with open(self.path, "w", newline="") as handle:
             out = csv.writer(handle)
-            out.writerow(["elapsed_s", *[f"{label}_rss_kb" for label in labels], *[f"{label}_pid" for label in labels]])
-            for elapsed, rss, roles in self.samples:
+            out.writerow(
+                [
+                    "elapsed_s",
+                    *[f"{label}_rss_kb" for label in labels],
+                    *[f"{kind}_{what}" for kind in kinds for what in ("requests", "errors")],
+                    *[f"{label}_pid" for label in labels],
+                ]
+            )
+            for elapsed, rss, roles, counts in self.samples:
                 out.writerow(
                     [
                         round(elapsed, 1),
                         *[rss.get(label, "") for label in labels],
+                        *[n for kind in kinds for n in counts[kind]],
                         *[roles.get(label, "") for label in labels],
                     ]
                 )
 
     def summary(self) -> dict[str, dict]:
-        labels = sorted({label for _, rss, _ in self.samples for label in rss})
+        labels = sorted({label for _, rss, _, _ in self.samples for label in rss})
         out = {}
         for label in labels:
-            series = [(rss[label], roles[label]) for _, rss, roles in self.samples if label in rss]
-            values = [v for v, _ in series]
-            third = max(1, len(values) // 3)
-            first, last = statistics.mean(values[:third]), statistics.mean(values[-third:])
+            series = [(rss[label], roles[label], t) for t, rss, roles, _ in self.samples if label in rss]
+            values = [v for v, _, _ in series]
+            # Growth is judged after the warm-up (first requests load code, templates, price books):
+            # mean of the first third of the remaining samples against the mean of the last third.
+            steady = [v for v, _, t in series if t >= self.warmup] or values
+            third = max(1, len(steady) // 3)
+            first, last = statistics.mean(steady[:third]), statistics.mean(steady[-third:])
             out[label] = {
                 "first_mb": round(values[0] / 1024, 1),
                 "last_mb": round(values[-1] / 1024, 1),
                 "max_mb": round(max(values) / 1024, 1),
                 "growth_first_to_last_third_mb": round((last - first) / 1024, 1),
                 "samples": len(values),
-                "pids": sorted({pid for _, pid in series}),
+                "steady_samples": len(steady),
+                "pids": sorted({pid for _, pid, _ in series}),
             }
         return out
 
@@ -748,6 +765,12 @@ def main() -> int:
     parser.add_argument("--stream-share", type=float, default=0.5)
     parser.add_argument("--dashboard-rate", type=float, default=2.0, help="page GETs per second")
     parser.add_argument("--sample-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--warmup-seconds",
+        type=float,
+        default=60.0,
+        help="RSS growth is judged after this (at most a quarter of the run)",
+    )
     parser.add_argument("--catchup-seconds", type=float, default=180.0, help="wait this long for Celery's rollups")
     parser.add_argument("--max-growth-mb", type=float, default=25.0, help="per process, first → last third")
     args = parser.parse_args()
@@ -759,6 +782,7 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with `&` (SIGINT ignored)
 
     run_id = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -842,7 +866,8 @@ def main() -> int:
         started_at = datetime.now(UTC)
         start = time.monotonic() + 0.5
         duration = args.minutes * 60
-        sampler = Sampler(procs, stats, csv_path, args.sample_seconds, stop_sampler)
+        warmup = min(args.warmup_seconds, duration / 4)
+        sampler = Sampler(procs, stats, csv_path, args.sample_seconds, warmup, stop_sampler)
         sampler.start()
         ingest_pacer = Pacer(args.ingest_rate / args.batch_size, start, stop_load)
         gateway_pacer = Pacer(args.gateway_rate, start, stop_load)
@@ -897,7 +922,7 @@ def main() -> int:
             elapsed_s=round(elapsed, 1), load=load, memory=sampler.summary(), error_samples=stats.error_samples
         )
         print(json.dumps({"load": load}, indent=2), flush=True)
-        print("memory (MB): first / last / max / growth first→last third", flush=True)
+        print(f"memory (MB): first / last / max / growth first→last third after {warmup:g} s warm-up", flush=True)
         for label, m in report["memory"].items():
             print(
                 f"  {label:20s} {m['first_mb']:7.1f} {m['last_mb']:7.1f} {m['max_mb']:7.1f} "
@@ -1015,7 +1040,7 @@ def main() -> int:
 
         growth = {k: v["growth_first_to_last_third_mb"] for k, v in report["memory"].items()}
         checks.add(
-            f"no process grew by more than {args.max_growth_mb:g} MB (first → last third)",
+            f"no process grew by more than {args.max_growth_mb:g} MB (first → last third after warm-up)",
             all(g <= args.max_growth_mb for g in growth.values()),
             ", ".join(f"{k} {v:+.1f}" for k, v in growth.items()),
         )
