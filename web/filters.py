@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from django.http import QueryDict
+from django.http import HttpResponse, QueryDict
+from django.shortcuts import render
 
 from chargeback.models import Department, Membership
 
@@ -98,3 +99,13 @@ def parse_filters(
         else:
             filters.department = department
     return filters
+
+
+def active_departments(tenant) -> list[Department]:
+    """The department choices of a page's filter form."""
+    return list(Department.objects.filter(tenant=tenant, active=True).order_by("name"))
+
+
+def invalid_filters(request, template: str, filters: Filters, context: dict) -> HttpResponse:
+    """The page with its filter form and the messages, no numbers: 400."""
+    return render(request, template, {"filters": filters, "invalid": True, **context}, status=400)

@@ -15,11 +15,10 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 
-from chargeback.models import Department
 from telemetry import evals
 from telemetry.models import DatasetRun, EvalAlert, EvalConfig, EvalScore
 from web.access import FINANCE_ADMIN, require_roles
-from web.filters import parse_filters
+from web.filters import active_departments, invalid_filters, parse_filters
 
 FAILURES_SHOWN = 20
 ALERTS_SHOWN = 10
@@ -54,12 +53,9 @@ def quality(request: HttpRequest) -> HttpResponse:
     tenant = membership.tenant
     now = timezone.now()
     filters = parse_filters(request.GET, membership=membership, today=timezone.localdate(now, timezone=tenant.tz))
-    context: dict[str, Any] = {
-        "departments": list(Department.objects.filter(tenant=tenant, active=True).order_by("name")),
-        "filters": filters,
-    }
+    context: dict[str, Any] = {"departments": active_departments(tenant), "filters": filters}
     if not filters.valid:
-        return render(request, "web/quality.html", {**context, "invalid": True}, status=400)
+        return invalid_filters(request, "web/quality.html", filters, context)
     rng, department = filters.range, filters.department
     department_ids = [department.pk] if department is not None else None
     summary = evals.quality_summary(tenant=tenant, start=rng.start_at, end=rng.end_at, department_ids=department_ids)

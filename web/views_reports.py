@@ -18,16 +18,7 @@ from telemetry import rollups
 from telemetry.models import Anomaly
 from web import dashboards, data
 from web.access import FINANCE_ADMIN, can_see_department, require_roles
-from web.filters import Filters, parse_filters, this_month
-
-
-def _departments(tenant) -> list[Department]:
-    return list(Department.objects.filter(tenant=tenant, active=True).order_by("name"))
-
-
-def _invalid(request: HttpRequest, template: str, filters: Filters, context: dict[str, Any]) -> HttpResponse:
-    """The page with its filter form and the messages, no numbers: 400."""
-    return render(request, template, {"filters": filters, "invalid": True, **context}, status=400)
+from web.filters import active_departments, invalid_filters, parse_filters, this_month
 
 
 def _latency_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -40,9 +31,9 @@ def overview(request: HttpRequest) -> HttpResponse:
     tenant = membership.tenant
     now = timezone.now()
     filters = parse_filters(request.GET, membership=membership, today=timezone.localdate(now, timezone=tenant.tz))
-    context: dict[str, Any] = {"departments": _departments(tenant)}
+    context: dict[str, Any] = {"departments": active_departments(tenant)}
     if not filters.valid:
-        return _invalid(request, "web/overview.html", filters, context)
+        return invalid_filters(request, "web/overview.html", filters, context)
     department, rng = filters.department, filters.range
     context.update(
         filters=filters,
@@ -134,7 +125,7 @@ def _department_page(request: HttpRequest, department: Department) -> HttpRespon
     filters.department = department
     context: dict[str, Any] = {"department": department, "filters": filters}
     if not filters.valid:
-        return _invalid(request, "web/department.html", filters, context)
+        return invalid_filters(request, "web/department.html", filters, context)
     rng = filters.range
     budget_statuses = [
         data.get_budget_status(budget=b, at=now) for b in data.list_budgets(tenant=tenant, department=department)
