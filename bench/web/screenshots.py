@@ -54,7 +54,7 @@ SHOTS = [
     ("quality.png", "finance", "/quality/?start={two_weeks_ago}&end={today}", 1280),
     ("chat.png", "employee", "/chat/", 1280),
     ("alerts.png", "finance", "/alerts/?state=all", 1280),
-    ("reports.png", "finance", "/reports/", 1280),
+    ("reports.png", "finance", "/reports/week/{last_week}/", 1280),
     ("overview-375.png", "finance", "/overview/", 375),
     ("invoice-detail-375.png", "finance", "/invoices/{invoice}/", 375),
     ("my-usage.png", "employee", "/me/usage/", 1280),
@@ -132,6 +132,7 @@ def main() -> None:
             base, args.chromium, budget=budget, company_budget=company_budget, invoice=invoice,
             last_month=f"{last_month:%Y-%m}", today=today.isoformat(),
             two_weeks_ago=(today - timedelta(days=14)).isoformat(),
+            last_week=(today - timedelta(days=today.weekday() + 7)).isoformat(),
         )  # fmt: skip
     finally:
         server.terminate()
@@ -157,6 +158,13 @@ def shoot(base: str, chromium: str, **ids: str) -> None:
                 page.wait_for_load_state("networkidle")
             page.goto(path.format(**ids))
             page.wait_for_load_state("networkidle")
+            if path.startswith("/chat/"):
+                # A conversation through the demo route (the one that needs no provider key).
+                page.select_option("#chat-route", "demo")
+                for question in ("What does our travel policy say about client dinners?", "Summarise it in one line."):
+                    page.fill("#chat-input", question)
+                    page.click("#chat-send")
+                    page.locator(".msg-assistant .msg-meta").last.filter(has_text="tokens").wait_for()
             if page.locator("canvas[data-chart]").count():
                 page.wait_for_selector("canvas[data-rendered=true]")
                 page.wait_for_timeout(400)  # let the chart's entry animation finish

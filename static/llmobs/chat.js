@@ -73,11 +73,14 @@
       const actions = document.createElement("div");
       actions.className = "msg-actions";
       if (feedbackApi) {
-        for (const [label, value] of [["👍 Helpful", "up"], ["👎 Not helpful", "down"]]) {
+        // Marks from the basic fonts (DejaVu has them; emoji fonts are often absent on servers
+        // and locked-down desktops, where 👍 shows as a box). The label is what is announced.
+        for (const [mark, label, value] of [["✓", "Helpful", "up"], ["✗", "Not helpful", "down"]]) {
           const b = document.createElement("button");
           b.type = "button";
           b.className = "btn btn-small";
-          b.textContent = label;
+          b.textContent = `${mark} ${label}`;
+          b.setAttribute("aria-label", label);
           b.setAttribute("aria-pressed", "false");
           b.addEventListener("click", () => feedback(turn, { thumbs: value }, b));
           actions.appendChild(b);

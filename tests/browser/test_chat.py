@@ -1,5 +1,6 @@
 """The chat page in a real browser: an answer streamed from the demo provider with its tokens
-and cost, the conversation kept in the session list, and a hard budget's refusal shown."""
+and cost, the conversation kept in the session list, thumbs and regenerate recorded as feedback,
+and a hard budget's refusal shown."""
 
 from __future__ import annotations
 
@@ -57,3 +58,29 @@ def test_a_hard_budget_refusal_is_shown_plainly(page, login_as, acme, research_d
     error = page.locator("#chat-error")
     error.wait_for(state="visible")
     assert "Research hard cap" in error.inner_text()
+
+
+def test_thumbs_and_regenerate_are_recorded_as_feedback(page, login_as, demo_route):
+    from telemetry.models import Feedback
+
+    login_as("employee")
+    page.goto("/chat/")
+    page.fill("#chat-input", "Which laptop may I expense?")
+    page.click("#chat-send")
+    page.locator(".msg-assistant .msg-meta").last.filter(has_text="tokens").wait_for()
+    recorder.flush()  # the page's feedback names an event that must exist
+    helpful = page.get_by_role("button", name="Helpful", exact=True)
+    helpful.click()
+    page.wait_for_selector('.msg-actions button[aria-label="Helpful"][aria-pressed="true"]')
+    first = UsageEvent.objects.get(source=UsageEvent.Source.CHAT)
+    assert Feedback.objects.get(event_id=first.event_id).thumbs == "up"
+    page.get_by_role("button", name="↻ Regenerate").click()
+    page.locator(".msg-assistant .msg-meta").last.filter(has_text="tokens").wait_for()
+    # The "regenerated" signal is posted alongside the new request: wait for it to land.
+    for _ in range(50):
+        if Feedback.objects.filter(event_id=first.event_id, regenerated=True).exists():
+            break
+        page.wait_for_timeout(100)
+    feedback = Feedback.objects.get(event_id=first.event_id)
+    assert feedback.regenerated is True and feedback.thumbs == "up"  # one row per user and event, updated
+    assert page.js_errors == []
