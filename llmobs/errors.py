@@ -3,12 +3,16 @@ naming the field and the problem, plus per-field `errors` where there are severa
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
 from django.http import JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+logger = logging.getLogger(__name__)
 
 
 def error_body(code: str, message: str, errors: dict[str, list[str]] | None = None) -> dict[str, Any]:
@@ -48,7 +52,36 @@ CODES = {
 }
 
 
+# Seconds a client should wait before retrying when the database is unreachable.
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+def _database_gone_errors() -> tuple[type[Exception], ...]:
+    # Django wraps driver errors raised through its cursors; COPY goes through psycopg directly.
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - the embedded default may run without it
+        return (OperationalError, InterfaceError)
+    return (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
+
+
 def exception_handler(exc: Exception, context: dict) -> Response | None:
+    if isinstance(exc, _database_gone_errors()):
+        # The database went away (restart, failover, a killed backend): nothing of the request
+        # was committed (every write is one transaction), so the client may resend it as is;
+        # event ids make a resend safe. Say so, instead of a generic 500.
+        logger.warning(
+            "Database unavailable during %s: %s", context.get("request").path if context.get("request") else "?", exc
+        )
+        return Response(
+            error_body(
+                "database_unavailable",
+                "The database is unavailable right now; the request was not completed. Retry it shortly "
+                "(a resent usage event is never counted twice).",
+            ),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

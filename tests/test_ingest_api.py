@@ -434,3 +434,26 @@ def test_rate_window_counts_requests_and_says_when_it_resets(db):
     assert refused.value.retry_after == 43  # ceil(60 - 17.5)
     # The next window starts from zero.
     ratelimit.check_rate(key=key, now=window_start + 60)
+
+
+@pytest.mark.parametrize(
+    "error", ["django.db.OperationalError", "django.db.InterfaceError", "psycopg.OperationalError"]
+)
+def test_a_database_outage_is_a_503_with_retry_after(client, token, monkeypatch, error):
+    """A killed backend or a failover mid-request (bench/drills/pg_kill_mid_batch.py) tells the
+    sender to resend, which idempotency makes safe, instead of a generic 500. COPY goes through
+    psycopg directly, so its errors arrive unwrapped."""
+    import importlib
+
+    module, name = error.rsplit(".", 1)
+    exc_class = getattr(importlib.import_module(module), name)
+
+    def down(**kwargs):
+        raise exc_class("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(ingest, "record_batch", down)
+    response = post(client, token, [event(1)])
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert response.json()["error"]["code"] == "database_unavailable"
+    assert not UsageEvent.objects.exists()

@@ -213,6 +213,11 @@ class UsageEventsView(IngestView):
             400: OpenApiResponse(ERROR_SCHEMA, description="Not JSON, not events, or no valid event (nothing stored)."),
             401: OpenApiResponse(ERROR_SCHEMA, description="Missing, unknown or revoked API key."),
             413: OpenApiResponse(ERROR_SCHEMA, description="Body over the size limit or more than 5,000 events."),
+            503: OpenApiResponse(
+                ERROR_SCHEMA,
+                description="The database is unavailable; nothing of the request was completed. "
+                "Resend it after `Retry-After` seconds (event ids make the resend safe).",
+            ),
             429: OpenApiResponse(
                 ERROR_SCHEMA, description="Over the key's requests-per-minute limit; see Retry-After."
             ),
