@@ -161,11 +161,14 @@ def resolve(
     return alert
 
 
-def firing_keys(*, tenant: Tenant, kind: str, prefix: str = "") -> set[str]:
-    qs = Alert.objects.filter(tenant=tenant, kind=kind, state=Alert.State.FIRING)
-    if prefix:
-        qs = qs.filter(key__startswith=prefix)
-    return set(qs.values_list("key", flat=True))
+def resolve_all_but(*, tenant: Tenant, kind: str, keep: set[str], text: str, now: datetime | None = None) -> int:
+    """Resolve every firing alert of `kind` whose key is not in `keep` (the keys the source still
+    sees, or at least saw this run), with the same text. Returns how many were resolved."""
+    firing = Alert.objects.filter(tenant=tenant, kind=kind, state=Alert.State.FIRING)
+    gone = set(firing.values_list("key", flat=True)) - keep
+    for key in gone:
+        resolve(tenant=tenant, kind=kind, key=key, text=text, now=now)
+    return len(gone)
 
 
 # --- routing and sending ---------------------------------------------------------------------------

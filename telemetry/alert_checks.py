@@ -100,12 +100,10 @@ def _check_errors_and_latency(*, tenant: Tenant, now: datetime) -> None:
                 tenant=tenant, kind=AlertKind.ERROR_RATE, key=key, now=now,
                 text=f"{errors} of {calls} calls from {_department_label(code)} failed in the last {minutes} minutes ({rate:.1%}).",
             )  # fmt: skip
-    called = {f"error_rate:{code or '-'}" for code in seen}
-    for key in alerting.firing_keys(tenant=tenant, kind=AlertKind.ERROR_RATE) - called:
-        alerting.resolve(
-            tenant=tenant, kind=AlertKind.ERROR_RATE, key=key, now=now,
-            text=f"No calls in the last {minutes} minutes: nothing is failing.",
-        )  # fmt: skip
+    alerting.resolve_all_but(
+        tenant=tenant, kind=AlertKind.ERROR_RATE, keep={f"error_rate:{code or '-'}" for code in seen}, now=now,
+        text=f"No calls in the last {minutes} minutes: nothing is failing.",
+    )  # fmt: skip
 
     # Latency: p95 > T  ⇔  more than 5 % of the timed calls took longer than T.
     for code, row in seen.items():
@@ -129,12 +127,10 @@ def _check_errors_and_latency(*, tenant: Tenant, now: datetime) -> None:
                 tenant=tenant, kind=AlertKind.LATENCY_SLO, key=key, now=now,
                 text=f"{slow} of {timed} calls from {_department_label(code)} took longer than {threshold_ms:,} ms; p95 is within the SLO.",
             )  # fmt: skip
-    called = {f"latency:{code or '-'}" for code in seen}
-    for key in alerting.firing_keys(tenant=tenant, kind=AlertKind.LATENCY_SLO) - called:
-        alerting.resolve(
-            tenant=tenant, kind=AlertKind.LATENCY_SLO, key=key, now=now,
-            text=f"No calls in the last {minutes} minutes.",
-        )  # fmt: skip
+    alerting.resolve_all_but(
+        tenant=tenant, kind=AlertKind.LATENCY_SLO, keep={f"latency:{code or '-'}" for code in seen}, now=now,
+        text=f"No calls in the last {minutes} minutes.",
+    )  # fmt: skip
 
 
 def _p95(queryset, timed: int) -> int:

@@ -386,11 +386,10 @@ def notify_anomalies(*, tenant: Tenant, anomalies: list[Anomaly], now: datetime 
                 tenant=tenant, status__in=(Anomaly.Status.OPEN, Anomaly.Status.ACKNOWLEDGED)
             ).values_list("department_id", "metric")
         }
-        for key in alerting.firing_keys(tenant=tenant, kind=AlertKind.ANOMALY) - still_open:
-            alerting.resolve(
-                tenant=tenant, kind=AlertKind.ANOMALY, key=key, now=now,
-                text="The last scored hour was back within its normal range (or the anomaly was closed by hand).",
-            )  # fmt: skip
+        alerting.resolve_all_but(
+            tenant=tenant, kind=AlertKind.ANOMALY, keep=still_open, now=now,
+            text="The last scored hour was back within its normal range (or the anomaly was closed by hand).",
+        )  # fmt: skip
         deliveries = alerting.send_pending(tenant=tenant, now=now)
     return deliveries[0] if deliveries else None
 
