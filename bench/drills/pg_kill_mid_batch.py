@@ -16,37 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
-import uuid
-from pathlib import Path
 
 import httpx
 import psycopg
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-
-def setup_tenant() -> tuple[str, str]:
-    os.environ.pop("REDIS_URL", None)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmobs.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-    from chargeback.keys import create_api_key
-    from chargeback.models import Department, Tenant
-
-    slug = f"drill-{uuid.uuid4().hex[:8]}"
-    tenant = Tenant.objects.create(name=slug, slug=slug)
-    dept = Department.objects.create(tenant=tenant, code="ops", name="Operations")
-    _, token = create_api_key(tenant=tenant, name="drill", department=dept)
-    return slug, token
+from common import setup_tenant, start_server  # bench/drills/common.py (puts the project on sys.path)
 
 
 def main() -> int:
@@ -59,10 +34,7 @@ def main() -> int:
 
     from telemetry.models import UsageEvent
 
-    server = subprocess.Popen(
-        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{args.port}", "--noreload"],
-        cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    server = start_server(args.port)
     base = f"http://127.0.0.1:{args.port}"
     headers = {"Authorization": f"Bearer {token}"}
     batch = [
@@ -73,12 +45,6 @@ def main() -> int:
     results: dict[str, object] = {"events": args.events}
     stored = UsageEvent.objects.filter(tenant__slug=slug)
     try:
-        for _ in range(100):
-            try:
-                httpx.get(base + "/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         first: dict[str, object] = {}
 
         def post() -> None:

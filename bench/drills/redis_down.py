@@ -13,38 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
-import uuid
-from pathlib import Path
 
 import httpx
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-
-def setup_tenant() -> tuple[str, str]:
-    """Tenant, department, key and a demo route, created without Redis (embedded cache)."""
-    os.environ.pop("REDIS_URL", None)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmobs.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-    from chargeback.keys import create_api_key
-    from chargeback.models import Budget, Department, Route, Tenant
-
-    slug = f"drill-{uuid.uuid4().hex[:8]}"
-    tenant = Tenant.objects.create(name=slug, slug=slug)
-    dept = Department.objects.create(tenant=tenant, code="ops", name="Operations")
-    Route.objects.create(tenant=tenant, alias="demo", provider=Route.Provider.DEMO, upstream_model="demo-1")
-    Budget.objects.create(tenant=tenant, name="hard cap", scope=Budget.Scope.TENANT, amount=100, mode=Budget.Mode.HARD)
-    _, token = create_api_key(tenant=tenant, name="drill", department=dept)
-    return slug, token
+from common import setup_tenant, start_server  # bench/drills/common.py (puts the project on sys.path)
 
 
 def main() -> int:
@@ -52,22 +24,13 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8991)
     parser.add_argument("--dead-redis-port", type=int, default=9039)
     args = parser.parse_args()
-    slug, token = setup_tenant()
+    slug, token = setup_tenant(with_gateway=True)
 
     env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{args.dead_redis_port}/0"}
-    server = subprocess.Popen(
-        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{args.port}", "--noreload", "--nothreading"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    server = start_server(args.port, env=env, extra=("--nothreading",))
     base = f"http://127.0.0.1:{args.port}"
     results: dict[str, object] = {}
     try:
-        for _ in range(100):
-            try:
-                httpx.get(base + "/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         headers = {"Authorization": f"Bearer {token}"}
         results["readyz"] = httpx.get(base + "/readyz", timeout=10).status_code
         events = [
