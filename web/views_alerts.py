@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.core.paginator import Paginator
 from django.db.models import Case, Count, IntegerField, Value, When
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils.http import urlencode
 
+from chargeback import alerting
 from chargeback.models import Alert, AlertKind, Severity
 from web.access import FINANCE_ADMIN, require_roles
 
@@ -23,10 +23,6 @@ SEVERITY_ORDER = Case(
     default=Value(2),
     output_field=IntegerField(),
 )
-
-
-def runbook_link(anchor: str) -> str:
-    return f"{settings.LLMOBS_ALERT_RUNBOOK_URL}#{anchor}"
 
 
 @require_roles(*FINANCE_ADMIN)
@@ -63,7 +59,7 @@ def alert_list(request: HttpRequest) -> HttpResponse:
     alerts = alerts.annotate(severity_rank=SEVERITY_ORDER).order_by("state", "severity_rank", "-last_fired_at", "-pk")
     page = Paginator(alerts, 25).get_page(request.GET.get("page"))
     for alert in page:
-        alert.runbook_url = runbook_link(alert.runbook)
+        alert.runbook_url = alerting.runbook_url(alert.kind)
     context["page"] = page
     kept = {k: v for k, v in context["selected"].items() if v}
     context["extra_query"] = "&" + urlencode(kept) if kept else ""
