@@ -531,6 +531,20 @@ def baseline_of(*, config: EvalConfig, now: datetime) -> PassRate:
     return pass_rate_between(config=config, start=window_start - timedelta(days=7), end=window_start)
 
 
+def enough_samples(config: EvalConfig, rate: PassRate) -> bool:
+    """Whether a rolling pass rate carries enough scores to call a breach or a recovery."""
+    return rate.pass_rate is not None and rate.samples >= max(config.min_samples, 1)
+
+
+def below_slo(config: EvalConfig, rate: PassRate) -> bool:
+    """The SLO half of check_slo's rule (the Quality page shows it per config)."""
+    return (
+        config.slo_min_pass_rate is not None
+        and enough_samples(config, rate)
+        and rate.pass_rate < config.slo_min_pass_rate
+    )
+
+
 def check_slo(*, config: EvalConfig, now: datetime | None = None) -> list[EvalAlert]:
     """Alert when the rolling pass rate is below the SLO or more than the margin below the
     baseline (needs `min_samples` scores in the window), and resolve when it is back above.
@@ -543,10 +557,10 @@ def check_slo(*, config: EvalConfig, now: datetime | None = None) -> list[EvalAl
     if config.slo_min_pass_rate is None and config.baseline_margin is None:
         return []
     current = rolling_pass_rate(config=config, now=now)
-    if current.pass_rate is None or current.samples < max(config.min_samples, 1):
+    if not enough_samples(config, current):
         return []  # too little evidence either way: leave any firing alert as it is
     breaches: list[tuple[str, Decimal, str]] = []
-    if config.slo_min_pass_rate is not None and current.pass_rate < config.slo_min_pass_rate:
+    if below_slo(config, current):
         breaches.append(
             (EvalAlert.Reason.SLO, config.slo_min_pass_rate, f"below its SLO of {config.slo_min_pass_rate:.0%}")
         )

@@ -29,10 +29,9 @@ def _config_rows(tenant, now) -> list[dict[str, Any]]:
     rows = []
     for config in EvalConfig.objects.filter(tenant=tenant).select_related("judge_route", "filter_department"):
         rolling = evals.rolling_pass_rate(config=config, now=now)
-        slo = config.slo_min_pass_rate
         if rolling.pass_rate is None:
             state = "no-data"
-        elif slo is not None and rolling.samples >= config.min_samples and rolling.pass_rate < slo:
+        elif evals.below_slo(config, rolling):
             state = "below"
         else:
             state = "ok"
