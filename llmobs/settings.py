@@ -125,6 +125,7 @@ CELERY_TASK_ROUTES = {
     "telemetry.export_warehouse": {"queue": "slow"},
     "telemetry.roll_up_range": {"queue": "slow"},
     "telemetry.purge_usage": {"queue": "slow"},
+    "telemetry.ensure_partitions": {"queue": "slow"},
     "chargeback.generate_invoices": {"queue": "slow"},
     "evals.*": {"queue": "slow"},
     "*.evals.*": {"queue": "slow"},
@@ -163,6 +164,12 @@ CELERY_BEAT_SCHEDULE["purge-captures"] = {"task": "telemetry.purge_captures", "s
 # rollups and invoices are kept). 0 = keep forever; otherwise at least 7.
 LLMOBS_RAW_RETENTION_DAYS = env.int("LLMOBS_RAW_RETENTION_DAYS", default=400)
 CELERY_BEAT_SCHEDULE["purge-usage"] = {"task": "telemetry.purge_usage", "schedule": crontab(minute=15, hour=3)}
+# PostgreSQL: the usage table is partitioned by month (telemetry/partitions.py); partitions are
+# kept three months ahead. A no-op on SQLite.
+CELERY_BEAT_SCHEDULE["ensure-partitions"] = {
+    "task": "telemetry.ensure_partitions",
+    "schedule": crontab(minute=45, hour=2),
+}
 # LLM-as-judge evaluations of sampled production calls (docs/EVALS.md).
 CELERY_BEAT_SCHEDULE["run-evals"] = {"task": "telemetry.run_evals", "schedule": 900.0, "options": {"expires": 840}}
 

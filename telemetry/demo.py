@@ -39,7 +39,7 @@ from chargeback.models import (
 )
 from chargeback.pricing import get_price_book, price_usage
 from chargeback.usage import Usage
-from telemetry import alert_checks, anomalies, rollups
+from telemetry import alert_checks, anomalies, partitions, rollups
 from telemetry.models import DailyRollup, DimensionRollup, EvalConfig, EvalScore, Feedback, HourlyRollup, UsageEvent
 
 DEMO_SLUG = "acme"
@@ -284,7 +284,8 @@ def seed_demo(
             )
         )
     say(f"Writing {len(rows):,} priced usage events…")
-    UsageEvent.objects.bulk_create(rows, batch_size=2000)
+    with transaction.atomic():
+        partitions.insert_new_events(rows)
     # bulk_create bypasses nothing the rollups watch (they key on received_at), but the pages
     # should show numbers as soon as seeding ends, without waiting for the beat schedule.
     say("Building the rollups (hourly, daily, per user/feature/tag)…")

@@ -4,9 +4,12 @@ the idempotent bulk writer that every source shares (the ingest API, OTLP, the g
 The hot path avoids per-object framework work on purpose (DRF serializers and `bulk_create`
 cap at ~10k events/s on two cores, see shared/reference/performance-baselines.md): events are
 checked by hand into `EventRow` tuples, priced against one price book per batch, and written
-with COPY into a per-connection staging table, then moved with
-`INSERT … SELECT … ON CONFLICT (tenant_id, event_id) DO NOTHING`, whose row count is the exact
-number of new events even under concurrent submissions of the same ids.
+with COPY. On PostgreSQL each event's (tenant, event_id) is first claimed in the idempotency
+ledger (the usage table is partitioned by month, telemetry/partitions.py); a batch holding an
+id already stored goes through a staging table and
+`INSERT INTO ledger … ON CONFLICT DO NOTHING RETURNING` → `INSERT … WHERE event_id IN (new)`,
+whose row count is the exact number of new events even under concurrent submissions of the
+same ids. SQLite uses `INSERT … ON CONFLICT (tenant_id, event_id) DO NOTHING`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from psycopg import errors as psycopg_errors
 
 from chargeback.pricing import PriceBook, get_price_book, price_usage
 from chargeback.usage import Usage, UsageError
-from telemetry import metrics, retention
+from telemetry import metrics, partitions, retention
 from telemetry.models import UsageEvent
 
 MAX_EVENTS_PER_BATCH = 5000
@@ -915,22 +918,36 @@ _CREATE_STAGE = (
 )
 _COPY_STAGE = f"COPY {STAGE} ({_COLUMN_LIST}) FROM STDIN"
 _COPY_TABLE = f"COPY {TABLE} (tenant_id, received_at, {_COLUMN_LIST}) FROM STDIN"
-UNIQUE_CONSTRAINT = "usage_event_id_unique_per_tenant"
-# Same event_id order as the fast path; ON CONFLICT makes the later of two writers skip an id.
+# PostgreSQL: the table is partitioned by month and the ledger enforces (tenant, event_id)
+# (telemetry/partitions.py). Every path claims the keys first, in event_id order, so two
+# writers with overlapping ids wait on each other in the same order (no deadlock), and writes
+# an event only if its key was new.
+_COPY_KEYS = f"COPY {partitions.KEY_TABLE} (tenant_id, event_id) FROM STDIN"
 _MOVE_STAGE = (
-    f"INSERT INTO {TABLE} (tenant_id, received_at, {_COLUMN_LIST}) "  # noqa: S608 - constants only
-    f'SELECT %s, now(), {_COLUMN_LIST} FROM {STAGE} ORDER BY event_id COLLATE "C" '
-    "ON CONFLICT (tenant_id, event_id) DO NOTHING"
+    f"WITH k AS (INSERT INTO {partitions.KEY_TABLE} (tenant_id, event_id) "  # noqa: S608 - constants only
+    f'SELECT %s, event_id FROM {STAGE} ORDER BY event_id COLLATE "C" ON CONFLICT DO NOTHING RETURNING event_id) '
+    f"INSERT INTO {TABLE} (tenant_id, received_at, {_COLUMN_LIST}) "
+    f"SELECT %s, now(), {_COLUMN_LIST} FROM {STAGE} WHERE event_id IN (SELECT event_id FROM k)"
 )
+
+
+@functools.lru_cache(maxsize=1)
+def _value_casts() -> str:
+    """One VALUES row with each placeholder cast to its column's type: a column of NULLs in a
+    VALUES list would otherwise be typed text and refused by an integer column."""
+    fields = {f.column: f for f in UsageEvent._meta.concrete_fields}
+    return "(" + ", ".join(f"%s::{fields[c].db_type(connection)}" for c in ("tenant_id", "received_at", *COLUMNS)) + ")"
 
 
 @functools.lru_cache(maxsize=SMALL_BATCH)
 def _values_sql(count: int) -> str:
-    one = "(" + ", ".join(["%s"] * (len(COLUMNS) + 2)) + ")"
+    """A small batch in one statement (atomic by itself: no transaction block, one round trip)."""
+    columns = f"tenant_id, received_at, {_COLUMN_LIST}"
     return (
-        f"INSERT INTO {TABLE} (tenant_id, received_at, {_COLUMN_LIST}) VALUES "  # noqa: S608 - constants only
-        + ", ".join([one] * count)
-        + " ON CONFLICT (tenant_id, event_id) DO NOTHING"
+        f"WITH v ({columns}) AS (VALUES {', '.join([_value_casts()] * count)}), "  # noqa: S608 - constants only
+        f"k AS (INSERT INTO {partitions.KEY_TABLE} (tenant_id, event_id) SELECT tenant_id, event_id FROM v "
+        'ORDER BY event_id COLLATE "C" ON CONFLICT DO NOTHING RETURNING event_id) '
+        f"INSERT INTO {TABLE} ({columns}) SELECT {columns} FROM v WHERE event_id IN (SELECT event_id FROM k)"
     )
 
 
@@ -982,13 +999,18 @@ def _write_postgresql(tenant_id: int, rows: list[EventRow]) -> int:
         with connection.cursor() as cursor:
             cursor.execute(_values_sql(len(rows)), params)
             return cursor.rowcount
-    # Fast path: COPY straight into the table (bulk heap and WAL writes, about a third cheaper
-    # than INSERT … SELECT). It is all-or-nothing: if any id is already stored, or is committed
-    # by a concurrent request meanwhile, the unique constraint fails it and the staging path
-    # below skips exactly the ids that exist. Either way the constraint decides, never a check.
+    # Fast path: COPY the keys into the ledger, then the events straight into the table (bulk
+    # heap and WAL writes, about a third cheaper than INSERT … SELECT). It is all-or-nothing: if
+    # any id is already stored, or is committed by a concurrent request meanwhile, the ledger's
+    # primary key fails it and the staging path below skips exactly the ids that exist. Either
+    # way the ledger's constraint decides, never a check.
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             now = timezone.now()
+            with cursor.copy(_COPY_KEYS) as copy:
+                write_row = copy.write_row
+                for row in rows:
+                    write_row((tenant_id, row[EVENT_ID_INDEX]))
             with cursor.copy(_COPY_TABLE) as copy:
                 write_row = copy.write_row
                 for row in rows:
@@ -1005,7 +1027,7 @@ def _write_postgresql(tenant_id: int, rows: list[EventRow]) -> int:
             write_row = copy.write_row
             for row in rows:
                 write_row(_json_tags(row))
-        cursor.execute(_MOVE_STAGE, [tenant_id])
+        cursor.execute(_MOVE_STAGE, [tenant_id, tenant_id])
         inserted = cursor.rowcount
         if nested:
             # Inside a caller's transaction no commit empties the stage before our next use.
@@ -1021,7 +1043,7 @@ def _is_retryable(exc: Exception) -> bool:
     """A duplicate event id (or a deadlock between two such inserts), not any other failure."""
     cause = exc if isinstance(exc, psycopg_errors.Error) else exc.__cause__
     if isinstance(cause, psycopg_errors.UniqueViolation):
-        return cause.diag.constraint_name == UNIQUE_CONSTRAINT
+        return cause.diag.constraint_name == partitions.KEY_CONSTRAINT
     return isinstance(cause, psycopg_errors.DeadlockDetected)
 
 

@@ -167,6 +167,29 @@ class UsageEvent(models.Model):
         return max(self.input_tokens - self.cache_read_input_tokens - self.cache_creation_input_tokens, 0)
 
 
+class UsageEventKey(models.Model):
+    """The idempotency ledger on PostgreSQL: one row per (tenant, event_id) ever stored.
+
+    There the usage table is range-partitioned by month on `occurred_at`
+    (telemetry/partitions.py), and a partitioned table can only enforce uniqueness on keys that
+    contain the partition column: (tenant, event_id) alone, the contract, would be unique per
+    month only. Every writer inserts the event's key here first (`ON CONFLICT DO NOTHING`) and
+    the event only if its key was new, in one transaction, so a resent event is a duplicate
+    whatever its timestamp. Retention deletes the keys of the events it drops. SQLite keeps the
+    plain unique constraint on the usage table and leaves this table empty.
+    """
+
+    pk = models.CompositePrimaryKey("tenant_id", "event_id")
+    tenant_id = models.BigIntegerField()
+    event_id = models.CharField(max_length=128)
+
+    class Meta:
+        verbose_name = "usage event key"
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id}/{self.event_id}"
+
+
 # --- Rollups ------------------------------------------------------------------------------------
 # Sums over many events can outgrow an event's 20 digits; keep the same 10 decimal places.
 ROLLUP_MONEY = {"max_digits": 28, "decimal_places": 10}

@@ -27,7 +27,7 @@ import time
 from django.conf import settings
 from django.db import DataError, close_old_connections, transaction
 
-from telemetry import metrics
+from telemetry import metrics, partitions
 from telemetry.models import CapturedContent, UsageEvent
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class Recorder:
         with self._write_lock:
             try:
                 with transaction.atomic():
-                    UsageEvent.objects.bulk_create(events, ignore_conflicts=True)
+                    partitions.insert_new_events(events)
                     if captures:
                         CapturedContent.objects.bulk_create(captures, ignore_conflicts=True)
             except DataError:
@@ -100,7 +100,7 @@ class Recorder:
         for event, capture in batch:
             try:
                 with transaction.atomic():
-                    UsageEvent.objects.bulk_create([event], ignore_conflicts=True)
+                    partitions.insert_new_events([event])
             except DataError:
                 logger.exception("Usage event %s cannot be stored and is dropped", event.event_id)
                 metrics.RECORDER_DROPPED.inc()

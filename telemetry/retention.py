@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from chargeback.models import Tenant
+from telemetry import partitions
 from telemetry.models import UsageEvent
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,18 @@ class PurgeResult:
     horizon: datetime | None
     deleted: int = 0
     batches: int = 0
+    partitions_dropped: list[str] = field(default_factory=list)
+
+
+# PostgreSQL: delete one batch of a tenant's expired rows and their ledger keys together.
+_DELETE_BATCH = (
+    f'WITH gone AS (DELETE FROM "{partitions.TABLE}" WHERE id IN ('  # noqa: S608 - constants only
+    f'SELECT id FROM "{partitions.TABLE}" WHERE tenant_id = %s AND occurred_at < %s LIMIT %s) '
+    "RETURNING tenant_id, event_id), "
+    f'keys AS (DELETE FROM "{partitions.KEY_TABLE}" k USING gone g '
+    "WHERE k.tenant_id = g.tenant_id AND k.event_id = g.event_id) "
+    "SELECT count(*) FROM gone"
+)
 
 
 def purge_usage_events(
@@ -77,13 +90,23 @@ def purge_usage_events(
     dry_run: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> PurgeResult:
-    """Delete raw events older than the horizon, tenant by tenant (the (tenant, occurred_at)
-    index serves each batch), one short transaction per batch so a long purge never holds locks
-    for long and a killed run just leaves fewer rows to delete next time."""
+    """Delete raw events older than the horizon. On PostgreSQL whole months before the horizon
+    are dropped as partitions (telemetry/partitions.py) with their ledger keys; what is left
+    (the month the horizon cuts through, rows in the DEFAULT partition, and everything on
+    SQLite) is deleted tenant by tenant (the (tenant, occurred_at) index serves each batch), one
+    short transaction per batch so a long purge never holds locks for long and a killed run
+    just leaves fewer rows to delete next time."""
     horizon = purge_horizon(now=now, days=days)
     result = PurgeResult(horizon=horizon)
     if horizon is None:
         return result
+    dropped = partitions.drop_months_before(horizon, dry_run=dry_run)
+    result.partitions_dropped = dropped.dropped
+    if not dry_run:  # a dry run counts those rows below, with the rest
+        result.deleted += dropped.rows
+    if progress and dropped.dropped:
+        progress(f"dropped {len(dropped.dropped)} monthly partitions ({dropped.rows:,} events)")
+    postgresql = partitions.is_postgresql()
     for tenant_id in Tenant.objects.order_by("pk").values_list("pk", flat=True):
         old = UsageEvent.objects.filter(tenant_id=tenant_id, occurred_at__lt=horizon)
         if dry_run:
@@ -91,13 +114,24 @@ def purge_usage_events(
             continue
         while True:
             with transaction.atomic():
-                ids = list(old.values_list("pk", flat=True)[:batch_size])
-                if not ids:
-                    break
-                deleted, _ = UsageEvent.objects.filter(pk__in=ids).delete()
+                if postgresql:
+                    with connection.cursor() as cursor:
+                        cursor.execute(_DELETE_BATCH, [tenant_id, horizon, batch_size])
+                        (deleted,) = cursor.fetchone()
+                else:
+                    ids = list(old.values_list("pk", flat=True)[:batch_size])
+                    deleted = UsageEvent.objects.filter(pk__in=ids).delete()[0] if ids else 0
+            if not deleted:
+                break
             result.deleted += deleted
             result.batches += 1
             if progress:
                 progress(f"tenant {tenant_id}: {result.deleted} events deleted so far")
-    log.info("purge_usage: %d raw events before %s deleted in %d batches", result.deleted, horizon, result.batches)
+    log.info(
+        "purge_usage: %d raw events before %s deleted (%d partitions dropped, %d batches)",
+        result.deleted,
+        horizon,
+        len(result.partitions_dropped),
+        result.batches,
+    )
     return result

@@ -47,6 +47,15 @@ def purge_captures() -> int:
     return capture.purge_expired_captures()
 
 
+@shared_task(name="telemetry.ensure_partitions", soft_time_limit=1700, time_limit=1800, ignore_result=True)
+def ensure_partitions() -> int:
+    """Daily (PostgreSQL): the usage table's partitions for this month and the next three, and
+    a partition of its own for any month that has rows in the DEFAULT partition."""
+    from telemetry import partitions
+
+    return len(partitions.ensure_partitions().created)
+
+
 @shared_task(name="telemetry.purge_usage", soft_time_limit=3300, time_limit=3600, ignore_result=True)
 def purge_usage() -> int:
     """Daily: delete raw events past LLMOBS_RAW_RETENTION_DAYS (rollups keep the history)."""

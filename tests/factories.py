@@ -8,8 +8,10 @@ from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.db import transaction
 
 from chargeback.models import Budget, Department, Membership, ModelPrice, NotificationChannel, Role, Route, Tenant
+from telemetry import partitions
 from telemetry.models import UsageEvent
 
 _sequence = itertools.count(1)
@@ -86,7 +88,14 @@ def make_usage_event(*, tenant: Tenant, department: Department | None = None, **
         "trace_id": f"{n:032x}",
     }
     fields.update(overrides)
-    return UsageEvent.objects.create(tenant=tenant, **fields)
+    event = UsageEvent(tenant=tenant, **fields)
+    if not partitions.is_postgresql():
+        event.save()  # the unique constraint guards it; save() also sets the pk
+        return event
+    # Through the idempotency ledger, as every writer does (telemetry/partitions.py).
+    with transaction.atomic():
+        assert partitions.insert_new_events([event]) == 1, f"event_id {event.event_id} already stored"
+    return event
 
 
 def roll_up_everything() -> None:

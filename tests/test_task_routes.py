@@ -14,6 +14,7 @@ EXPECTED = {
     "telemetry.export_warehouse": "slow",
     "telemetry.purge_captures": "default",
     "telemetry.purge_usage": "slow",
+    "telemetry.ensure_partitions": "slow",
     "telemetry.roll_up": "default",
     "telemetry.roll_up_dimensions": "default",
     "telemetry.roll_up_range": "slow",

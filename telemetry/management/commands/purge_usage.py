@@ -36,4 +36,5 @@ class Command(BaseCommand):
             self.stdout.write("Retention is 0 (keep forever): nothing deleted.")
             return
         verb = "would be deleted" if options["dry_run"] else "deleted"
-        self.stdout.write(f"{result.deleted} raw events before {result.horizon:%Y-%m-%d %H:%M} UTC {verb}.")
+        months = f" ({len(result.partitions_dropped)} monthly partitions)" if result.partitions_dropped else ""
+        self.stdout.write(f"{result.deleted} raw events before {result.horizon:%Y-%m-%d %H:%M} UTC {verb}{months}.")
