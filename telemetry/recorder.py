@@ -27,7 +27,7 @@ import time
 from django.conf import settings
 from django.db import DataError, close_old_connections, transaction
 
-from telemetry import metrics, partitions
+from telemetry import ingest, metrics, partitions
 from telemetry.models import CapturedContent, UsageEvent
 
 logger = logging.getLogger(__name__)
@@ -82,12 +82,15 @@ class Recorder:
         return batch
 
     def _write(self, batch: list[Item]) -> None:
-        events = [event for event, _ in batch]
+        by_tenant: dict[int, list[ingest.EventRow]] = {}
+        for event, _ in batch:
+            by_tenant.setdefault(event.tenant_id, []).append(ingest.row_of(event))
         captures = [capture for _, capture in batch if capture is not None]
         with self._write_lock:
             try:
                 with transaction.atomic():
-                    partitions.insert_new_events(events)
+                    for tenant_id, rows in by_tenant.items():
+                        ingest.write_events(tenant=tenant_id, rows=rows)
                     if captures:
                         CapturedContent.objects.bulk_create(captures, ignore_conflicts=True)
             except DataError:
