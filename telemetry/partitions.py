@@ -133,26 +133,17 @@ def convert(cursor: Any, *, now: datetime | None = None) -> None:
         return
     now = now or timezone.now()
     old = f"{TABLE}_unpartitioned"
-    cursor.execute(f'ALTER TABLE "{TABLE}" RENAME TO "{old}"')
-    cursor.execute(
-        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() AND tablename = %s",
-        [old],
-    )
-    indexes = [(name, sql) for name, sql in cursor.fetchall() if name not in (f"{TABLE}_pkey", UNIQUE_CONSTRAINT)]
-    cursor.execute(
-        f'CREATE TABLE "{TABLE}" (LIKE "{old}" INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING IDENTITY '
-        "INCLUDING GENERATED INCLUDING STORAGE INCLUDING COMMENTS) PARTITION BY RANGE (occurred_at)"
-    )
-    cursor.execute(f'SELECT min(occurred_at), max(occurred_at) FROM "{old}"')  # noqa: S608
-    first, last = cursor.fetchone()
-    del last  # rows beyond the months ahead (a clock far off) stay in DEFAULT
+    indexes = _set_aside(cursor, old, keep_out=(f"{TABLE}_pkey", UNIQUE_CONSTRAINT))
+    cursor.execute(f"CREATE TABLE {_like(old)} PARTITION BY RANGE (occurred_at)")
+    cursor.execute(f'SELECT min(occurred_at) FROM "{old}"')  # noqa: S608
+    (first,) = cursor.fetchone()
+    # Rows beyond the months ahead (a clock far off) stay in DEFAULT.
     current = month_of(now)
     start = add_months(current, -MONTHS_BACK)
     if first is not None:
         start = max(min(start, month_of(first)), add_months(current, -CONVERT_MONTHS_BACK))
-    end = add_months(current, MONTHS_AHEAD)
     month = start
-    while month <= end:
+    while month <= add_months(current, MONTHS_AHEAD):
         _create_month(cursor, month)
         month = add_months(month, 1)
     cursor.execute(f'CREATE TABLE "{DEFAULT_PARTITION}" PARTITION OF "{TABLE}" DEFAULT')
@@ -163,9 +154,7 @@ def convert(cursor: Any, *, now: datetime | None = None) -> None:
     )
     cursor.execute(f'DROP TABLE "{old}"')
     cursor.execute(f'ALTER TABLE "{TABLE}" ADD CONSTRAINT "{TABLE}_pkey" PRIMARY KEY (id, occurred_at)')
-    for _name, sql in indexes:
-        cursor.execute(re.sub(rf' ON (\S+\.)?"?{old}"? ', f' ON "{TABLE}" ', sql, count=1))
-    _reset_sequence(cursor)
+    _rebuild_indexes(cursor, old, indexes)
 
 
 def unconvert(cursor: Any) -> None:
@@ -173,21 +162,36 @@ def unconvert(cursor: Any) -> None:
     if not is_partitioned(cursor):
         return
     old = f"{TABLE}_partitioned"
+    indexes = _set_aside(cursor, old, keep_out=(f"{TABLE}_pkey",))
+    cursor.execute(f"CREATE TABLE {_like(old)}")
+    cursor.execute(f'INSERT INTO "{TABLE}" SELECT * FROM "{old}"')  # noqa: S608
+    cursor.execute(f'DROP TABLE "{old}" CASCADE')
+    cursor.execute(f'ALTER TABLE "{TABLE}" ADD CONSTRAINT "{TABLE}_pkey" PRIMARY KEY (id)')
+    cursor.execute(f'ALTER TABLE "{TABLE}" ADD CONSTRAINT "{UNIQUE_CONSTRAINT}" UNIQUE (tenant_id, event_id)')
+    _rebuild_indexes(cursor, old, indexes)
+
+
+def _set_aside(cursor: Any, old: str, *, keep_out: tuple[str, ...]) -> list[str]:
+    """Rename the table to `old`; return its index definitions, but those named in `keep_out`."""
     cursor.execute(f'ALTER TABLE "{TABLE}" RENAME TO "{old}"')
     cursor.execute(
         "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() AND tablename = %s",
         [old],
     )
-    indexes = [(name, sql) for name, sql in cursor.fetchall() if name != f"{TABLE}_pkey"]
-    cursor.execute(
-        f'CREATE TABLE "{TABLE}" (LIKE "{old}" INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING IDENTITY '
+    return [sql for name, sql in cursor.fetchall() if name not in keep_out]
+
+
+def _like(old: str) -> str:
+    return (
+        f'"{TABLE}" (LIKE "{old}" INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING IDENTITY '
         "INCLUDING GENERATED INCLUDING STORAGE INCLUDING COMMENTS)"
     )
-    cursor.execute(f'INSERT INTO "{TABLE}" SELECT * FROM "{old}"')  # noqa: S608
-    cursor.execute(f'DROP TABLE "{old}" CASCADE')
-    cursor.execute(f'ALTER TABLE "{TABLE}" ADD CONSTRAINT "{TABLE}_pkey" PRIMARY KEY (id)')
-    cursor.execute(f'ALTER TABLE "{TABLE}" ADD CONSTRAINT "{UNIQUE_CONSTRAINT}" UNIQUE (tenant_id, event_id)')
-    for _name, sql in indexes:
+
+
+def _rebuild_indexes(cursor: Any, old: str, indexes: list[str]) -> None:
+    """The old table's indexes, same names, on the new one (a partitioned table's definitions
+    read `ON ONLY`; built without it, they cover every partition), and the id sequence."""
+    for sql in indexes:
         cursor.execute(re.sub(rf' ON (ONLY )?(\S+\.)?"?{old}"? ', f' ON "{TABLE}" ', sql, count=1))
     _reset_sequence(cursor)
 
