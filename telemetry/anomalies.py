@@ -17,14 +17,16 @@ import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
+from chargeback import money
 from chargeback.models import Delivery, Department, Tenant
+from llmobs import units
 from telemetry import rollups
 from telemetry.models import Anomaly, DimensionRollup, HourlyRollup
 
@@ -260,6 +262,23 @@ def _field_for(metric: str) -> str | None:
     return {"cost": "cost", "requests": "requests", "tokens": "output_tokens", "error_rate": "errors"}.get(metric)
 
 
+def format_value(metric: str, value: float | Decimal | None, currency: str) -> str:
+    """An anomaly metric's value in its unit, as pages, e-mailed reports and explanations show it."""
+    if value is None:
+        return units.NONE
+    if metric == Anomaly.Metric.COST:
+        amount = Decimal(str(value))
+        # Below one unit, cents would round a model's share of an hour to "0.00".
+        if abs(amount) >= 1:
+            return money.format_money(amount, currency)
+        return f"{amount.quantize(Decimal('0.0001'), rounding=ROUND_HALF_UP)} {currency}"
+    if metric == Anomaly.Metric.ERROR_RATE:
+        return units.format_rate(value)
+    if metric == Anomaly.Metric.P95_LATENCY:
+        return units.format_ms(value)
+    return units.format_count(value)
+
+
 def explain(
     *, tenant: Tenant, department_id: int, metric: str, hour: datetime, score: Score
 ) -> tuple[str, dict[str, Any]]:
@@ -272,17 +291,17 @@ def explain(
     label = dict(Anomaly.Metric.choices)[metric]
     direction = "above" if score.observed > score.expected else "below"
     ratio = score.observed / score.expected if score.expected else None
-    unit = f" {tenant.currency}" if metric == "cost" else (" ms" if metric == "p95_latency" else "")
-    fmt = (
-        (lambda v: f"{v:.2%}")
-        if metric == "error_rate"
-        else (lambda v: f"{v:,.4f}" if metric == "cost" else f"{v:,.0f}")
-    )
+
+    def fmt(value: float) -> str:
+        return format_value(metric, value, tenant.currency)
+
+    observed, expected = fmt(score.observed), fmt(score.expected)
+    # Past ±99 the exact z says nothing more (a near-flat history makes it huge).
+    z = f"{score.z:.1f}" if abs(score.z) < 100 else f"{'>' if score.z > 0 else '< −'}99"
     head = (
-        f"{label} for {dept} at {hour:%Y-%m-%d %H:00} UTC was {fmt(score.observed)}{unit}, {direction} the expected "
-        f"{fmt(score.expected)}{unit}"
+        f"{label} for {dept} at {hour:%Y-%m-%d %H:00} UTC was {observed}, {direction} the expected {expected}"
         + (f" ({ratio:.1f}×)" if ratio else "")
-        + f"; robust z = {score.z:.1f} ({score.baseline})."
+        + f"; robust z = {z} ({score.baseline})."
     )
     details: dict[str, Any] = {
         "baseline": score.baseline,

@@ -30,7 +30,7 @@ from django.utils import timezone
 from chargeback import money
 from chargeback.budgets import FORECAST_MIN_ELAPSED
 from chargeback.models import Budget, Department, Membership, NotificationChannel, PeriodBounds, Role, Tenant
-from telemetry import rollups
+from telemetry import anomalies, rollups
 from telemetry.models import Anomaly, DailyRollup, ReportDelivery
 
 log = logging.getLogger(__name__)
@@ -171,16 +171,6 @@ class AnomalyItem:
     explanation: str
     observed: str = ""  # in the metric's unit, for the written summary
     expected: str = ""
-
-
-def _metric_value(metric: str, value: Decimal, currency: str) -> str:
-    if metric == Anomaly.Metric.COST:
-        return money.format_money(value, currency)
-    if metric == Anomaly.Metric.ERROR_RATE:
-        return f"{(Decimal(value) * 100).quantize(Decimal('0.1'))}%"
-    if metric == Anomaly.Metric.P95_LATENCY:
-        return f"{Decimal(value).quantize(Decimal(1)):,} ms"
-    return f"{Decimal(value).quantize(Decimal(1)):,}"
 
 
 @dataclass
@@ -420,8 +410,8 @@ def _anomalies(*, tenant: Tenant, department: Department | None, start: datetime
             a.get_metric_display(),
             a.severity,
             a.explanation,
-            observed=_metric_value(a.metric, a.observed, tenant.currency),
-            expected=_metric_value(a.metric, a.expected, tenant.currency),
+            observed=anomalies.format_value(a.metric, a.observed, tenant.currency),
+            expected=anomalies.format_value(a.metric, a.expected, tenant.currency),
         )
         for a in rows[:TOP_N]
     ]

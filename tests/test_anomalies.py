@@ -159,3 +159,27 @@ def test_acknowledging_an_anomaly(scored, manager_user, employee_user, finance_u
     assert response.json()["status"] == "acknowledged" and response.json()["acknowledged_by"] == "morgan"
     # A second ack keeps the first acknowledger.
     assert client_for(finance_user).post(f"/api/v1/anomalies/{research.pk}/ack").json()["acknowledged_by"] == "morgan"
+
+
+def test_every_surface_formats_a_metric_value_the_same_way():
+    """Pages (`anomaly_value`), e-mailed reports and explanations share `format_value`."""
+    fmt = anomalies.format_value
+    assert fmt("cost", Decimal("1234.5678"), "EUR") == "1,234.57 EUR"
+    assert fmt("cost", 0.00421, "USD") == "0.0042 USD"  # a model's share of an hour, not "0.00"
+    assert fmt("error_rate", 0.0234, "USD") == "2.3%"
+    assert fmt("p95_latency", 840, "USD") == "840 ms"
+    assert fmt("p95_latency", 12_400, "USD") == "12.4 s"
+    assert fmt("requests", 12345.5, "USD") == "12,346"
+    assert fmt("tokens", None, "USD") == "—"
+
+
+@pytest.mark.django_db
+def test_an_explanation_reads_in_units_and_caps_a_runaway_z(acme, research_dept):
+    hour = datetime(2026, 3, 2, 14, tzinfo=UTC)
+    score = anomalies.Score(observed=0.2, expected=0.001, spread=0.0001, z=1999.0, baseline="seasonal", severity="high")
+    text, details = anomalies.explain(
+        tenant=acme, department_id=research_dept.pk, metric="error_rate", hour=hour, score=score
+    )
+    assert text.startswith("Error rate for research at 2026-03-02 14:00 UTC was 20.0%, above the expected 0.1%")
+    assert "robust z = >99 (seasonal)" in text
+    assert details["z"] == 1999.0  # the stored detail keeps the exact value

@@ -8,6 +8,8 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from django import template
 
 from chargeback.money import format_money
+from llmobs import units
+from telemetry import anomalies
 
 register = template.Library()
 
@@ -60,31 +62,19 @@ def gauge_width(value: Decimal | float | int | None) -> str:
 @register.filter
 def rate_percent(value: float | Decimal | None, places: int = 1) -> str:
     """A rate as a fraction (0.0234) shown in percent ("2.3%")."""
-    if value is None or value == "":
-        return "—"
-    return f"{Decimal(str(value)) * 100:,.{int(places)}f}%"
+    return units.format_rate(value, places)
 
 
 @register.filter
 def ms(value: float | int | None) -> str:
     """Milliseconds: "840 ms" below ten seconds, else seconds with one decimal ("12.4 s")."""
-    if value is None or value == "":
-        return "—"
-    value = float(value)
-    return f"{value:,.0f} ms" if value < 10_000 else f"{value / 1000:,.1f} s"
+    return units.format_ms(value)
 
 
 @register.filter
 def anomaly_value(anomaly, which: str) -> str:
     """An anomaly's observed or expected value in its metric's unit."""
-    value = getattr(anomaly, which)
-    if anomaly.metric == "cost":
-        return money(value, anomaly.tenant.currency)
-    if anomaly.metric == "error_rate":
-        return rate_percent(value)
-    if anomaly.metric == "p95_latency":
-        return ms(value)
-    return f"{Decimal(value).quantize(Decimal(1), rounding=ROUND_HALF_UP):,}"
+    return anomalies.format_value(anomaly.metric, getattr(anomaly, which), anomaly.tenant.currency)
 
 
 @register.filter
