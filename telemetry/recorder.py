@@ -24,6 +24,7 @@ import queue
 import threading
 import time
 
+import psycopg
 from django.conf import settings
 from django.db import DataError, close_old_connections, transaction
 
@@ -37,6 +38,9 @@ BATCH_SIZE = 500
 INTERVAL_SECONDS = 0.2
 
 Item = tuple[UsageEvent, CapturedContent | None]
+# A value the database cannot store. COPY (ingest's writer, for batches over 16 events) runs on
+# psycopg's own cursor object, so its errors arrive unwrapped by Django.
+UNSTORABLE = (DataError, psycopg.DataError)
 
 
 class Recorder:
@@ -93,7 +97,7 @@ class Recorder:
                         ingest.write_events(tenant=tenant_id, rows=rows)
                     if captures:
                         CapturedContent.objects.bulk_create(captures, ignore_conflicts=True)
-            except DataError:
+            except UNSTORABLE:
                 # One row the database refuses (a value it cannot store) must not hold the
                 # whole batch hostage, retried forever: write them one at a time instead.
                 self._write_one_by_one(batch)
@@ -104,7 +108,7 @@ class Recorder:
             try:
                 with transaction.atomic():
                     partitions.insert_new_events([event])
-            except DataError:
+            except UNSTORABLE:
                 logger.exception("Usage event %s cannot be stored and is dropped", event.event_id)
                 metrics.RECORDER_DROPPED.inc()
                 continue

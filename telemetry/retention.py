@@ -73,7 +73,8 @@ class PurgeResult:
 
 # PostgreSQL: delete one batch of a tenant's expired rows and their ledger keys together.
 _DELETE_BATCH = (
-    f'WITH gone AS (DELETE FROM "{partitions.TABLE}" WHERE id IN ('  # noqa: S608 - constants only
+    # The outer occurred_at bound lets PostgreSQL skip the months after the horizon.
+    f'WITH gone AS (DELETE FROM "{partitions.TABLE}" WHERE occurred_at < %s AND id IN ('  # noqa: S608
     f'SELECT id FROM "{partitions.TABLE}" WHERE tenant_id = %s AND occurred_at < %s LIMIT %s) '
     "RETURNING tenant_id, event_id), "
     f'keys AS (DELETE FROM "{partitions.KEY_TABLE}" k USING gone g '
@@ -116,7 +117,7 @@ def purge_usage_events(
             with transaction.atomic():
                 if postgresql:
                     with connection.cursor() as cursor:
-                        cursor.execute(_DELETE_BATCH, [tenant_id, horizon, batch_size])
+                        cursor.execute(_DELETE_BATCH, [horizon, tenant_id, horizon, batch_size])
                         (deleted,) = cursor.fetchone()
                 else:
                     ids = list(old.values_list("pk", flat=True)[:batch_size])

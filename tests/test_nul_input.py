@@ -85,23 +85,25 @@ def test_captured_text_drops_nul():
     assert redact("a\u0000b")[0] == "ab"
 
 
-def test_one_unstorable_event_does_not_hold_the_batch(acme, research_dept, settings):
+@pytest.mark.parametrize("size", [3, 40])  # one INSERT statement / the COPY path
+def test_one_unstorable_event_does_not_hold_the_batch(acme, research_dept, settings, size):
     """On PostgreSQL the NUL row is refused and dropped (logged and counted); the others are
-    written. On SQLite (which stores NUL) all three are written: the batch is never stuck."""
+    written. On SQLite (which stores NUL) all are written: the batch is never stuck."""
     at = datetime(2026, 3, 1, 10, tzinfo=UTC)
     events = [
         UsageEvent(tenant=acme, department=research_dept, department_code="research", event_id=f"b-{i}",
                    provider="openai", model="gpt-4o", occurred_at=at, user_ref="emil")
-        for i in range(3)
+        for i in range(size)
     ]  # fmt: skip
     events[1].user_ref = "bad\u0000user"
     capture = CapturedContent(
         tenant_id=acme.pk, event_id="b-2", operation_id="op", department_code="research", model="gpt-4o",
         messages=[], completion="fine", created_at=at, expires_at=at,
     )  # fmt: skip
-    recorder.recorder._write([(events[0], None), (events[1], None), (events[2], capture)])
+    recorder.recorder._write([(e, capture if e.event_id == "b-2" else None) for e in events])
     stored = set(UsageEvent.objects.values_list("event_id", flat=True))
     from django.db import connection
 
-    assert stored == ({"b-0", "b-2"} if connection.vendor == "postgresql" else {"b-0", "b-1", "b-2"})
+    every = {f"b-{i}" for i in range(size)}
+    assert stored == (every - {"b-1"} if connection.vendor == "postgresql" else every)
     assert CapturedContent.objects.filter(event_id="b-2").exists()
