@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from typing import Protocol
 
 from django.conf import settings
 from django.db.models import Sum
@@ -205,17 +206,46 @@ def get_redis():
 
 # Returns {0, spent+held per budget} when reserved, {-1, i} when budget i has no seeded `spent` yet, or {i, spent+held}
 # when budget i would go over. Check all, then reserve all: atomic in Redis.
+# With a rate-limit admission appended (KEYS: its request and token windows after the budgets';
+# ARGV: rpm, tpm, tokens, window ttl after the limits), it is checked first in the same call,
+# {-2, 1 | 2} when over rpm | tpm (nothing counted, nothing held); an admitted request is counted
+# even when a budget then refuses it, as a separate rate check before the reservation would.
 RESERVE_LUA = """
 local amount = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
+local r = 3 + n
+local rated = #ARGV > r
+local function count()
+  if not rated then return end
+  local window = tonumber(ARGV[r + 4])
+  redis.call('INCR', KEYS[2 * n + 1])
+  redis.call('EXPIRE', KEYS[2 * n + 1], window)
+  local tokens = tonumber(ARGV[r + 3])
+  if tokens > 0 then
+    redis.call('INCRBY', KEYS[2 * n + 2], tokens)
+    redis.call('EXPIRE', KEYS[2 * n + 2], window)
+  end
+end
+if rated then
+  local rpm = tonumber(ARGV[r + 1])
+  local tpm = tonumber(ARGV[r + 2])
+  if rpm > 0 and tonumber(redis.call('GET', KEYS[2 * n + 1]) or '0') + 1 > rpm then return {-2, 1} end
+  if tpm > 0 and tonumber(redis.call('GET', KEYS[2 * n + 2]) or '0') + tonumber(ARGV[r + 3]) > tpm then
+    return {-2, 2}
+  end
+end
 for i = 1, n do
   local spent = redis.call('GET', KEYS[2 * i - 1])
   if not spent then return {-1, i} end
   local held = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
   local total = tonumber(spent) + held
-  if total + amount > tonumber(ARGV[3 + i]) then return {i, total} end
+  if total + amount > tonumber(ARGV[3 + i]) then
+    count()
+    return {i, total}
+  end
 end
+count()
 local totals = {0}
 for i = 1, n do
   local held = redis.call('INCRBY', KEYS[2 * i], amount)
@@ -251,15 +281,22 @@ def _script(client, name: str, source: str):
     return script
 
 
-def _reserve_redis(client, budgets: list[Budget], bounds: list[PeriodBounds], units: int) -> Reservation:
+def _reserve_redis(
+    client, budgets: list[Budget], bounds: list[PeriodBounds], units: int, admission: Admission | None
+) -> Reservation:
     entries = [_keys(b, p) for b, p in zip(budgets, bounds, strict=True)]
     keys = [k for pair in entries for k in pair]
     hold_ttl = max(int((p.end - p.start).total_seconds()) + 86400 for p in bounds)
     args = [units, len(budgets), hold_ttl] + [_units(b.amount) for b in budgets]
+    if admission is not None:
+        keys += admission.redis_keys
+        args += admission.redis_args
     reserve = _script(client, "reserve", RESERVE_LUA)
     for _ in range(len(budgets) + 1):
         result = reserve(keys=keys, args=args)
         status = int(result[0])
+        if status == -2:
+            admission.refuse(int(result[1]))
         if status == 0:
             totals = [int(t) for t in result[1:]]
             return Reservation(entries=entries, units=units, backend="redis", budgets=budgets, totals=totals)
@@ -309,21 +346,39 @@ def _settle_local(reservation: Reservation, actual_units: int) -> None:
 # --- public API ----------------------------------------------------------------------------------
 
 
-def reserve(*, scope: BudgetScope, amount: Decimal, at: datetime) -> Reservation:
+class Admission(Protocol):
+    """A rate-limit check to run with the reservation (telemetry/ratelimit.py builds it)."""
+
+    redis_keys: list[str]
+    redis_args: list[int]
+
+    def check(self) -> None: ...  # on its own; raises when over the limit
+
+    def refuse(self, verdict: int) -> None: ...  # raises for the script's verdict
+
+
+def reserve(*, scope: BudgetScope, amount: Decimal, at: datetime, admission: Admission | None = None) -> Reservation:
     """Hold `amount` against every hard budget matching `scope`, or raise BudgetExceeded naming
-    the first budget that would go over. Soft budgets are never consulted here."""
+    the first budget that would go over. Soft budgets are never consulted here.
+
+    `admission`, when given, is the call's rate-limit check: it runs first and raises its own
+    error when over the limit. With hard budgets on Redis it shares the reservation's Lua call
+    (one round trip for both); otherwise it runs on its own before the reservation."""
     budgets = budgets_in_scope(scope)
+    client = get_redis() if budgets else None
+    if admission is not None and client is None:
+        admission.check()
+        admission = None
     if not budgets:
         return Reservation.empty()
     bounds = [b.period_bounds(at) for b in budgets]
     units = max(_units(amount, up=True), 0)
-    client = get_redis()
     if client is None:
         return _reserve_local(budgets, bounds, units)
     import redis
 
     try:
-        return _reserve_redis(client, budgets, bounds, units)
+        return _reserve_redis(client, budgets, bounds, units, admission)
     except redis.RedisError as exc:
         logger.warning("Budget ledger unavailable, failing open for this call: %s", exc)
         from telemetry import metrics

@@ -30,7 +30,7 @@ from telemetry import capture, metrics, recorder, sampling, tracing
 from telemetry.models import UsageEvent
 from telemetry.providers import ChatRequest, ChatResult, ProviderError, RouteConfig, get_adapter, text_of
 from telemetry.providers.demo import estimate_tokens
-from telemetry.ratelimit import RateLimited, check_rate
+from telemetry.ratelimit import RateLimited, admission
 
 logger = logging.getLogger(__name__)
 
@@ -317,17 +317,13 @@ class Operation:
         self.route = route
         if not request.max_tokens:
             request.max_tokens = route.default_max_tokens
-        if ctx.api_key is not None:
-            try:
-                check_rate(key=ctx.api_key, tokens=self.prompt_estimate + request.max_tokens)
-            except RateLimited as exc:
-                raise GatewayError(
-                    429,
-                    "rate_limit_exceeded",
-                    str(exc),
-                    type="rate_limit_error",
-                    headers={"Retry-After": str(exc.retry_after)},
-                ) from exc
+        # The key's rate limit is checked with the first reservation (one Redis round trip for
+        # both, chargeback/enforcement.py), before any upstream call.
+        self._admission = (
+            admission(key=ctx.api_key, tokens=self.prompt_estimate + request.max_tokens)
+            if ctx.api_key is not None
+            else None
+        )
         self.book = price_book(ctx.tenant.pk)
         self.upstream_ms = 0.0
 
@@ -359,8 +355,19 @@ class Operation:
             models=(route.config.upstream_model, route.alias),
             tags=self._tags(),
         )
+        check, self._admission = self._admission, None  # once per operation, not per route
         try:
-            return enforcement.reserve(scope=scope, amount=estimate.cost or Decimal(0), at=self.started_at)
+            return enforcement.reserve(
+                scope=scope, amount=estimate.cost or Decimal(0), at=self.started_at, admission=check
+            )
+        except RateLimited as exc:
+            raise GatewayError(
+                429,
+                "rate_limit_exceeded",
+                str(exc),
+                type="rate_limit_error",
+                headers={"Retry-After": str(exc.retry_after)},
+            ) from exc
         except enforcement.BudgetExceeded as exc:
             self.record(route=route, status=UsageEvent.Status.BLOCKED, error_type="budget_exceeded")
             raise GatewayError(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
 from chargeback.enforcement import get_redis
 from chargeback.models import ApiKey
@@ -58,33 +59,74 @@ _local_lock = threading.Lock()
 _local_counts: dict[str, int] = {}
 
 
-def check_rate(*, key: ApiKey, tokens: int = 0, now: float | None = None) -> None:
-    """`key` is an ApiKey or anything with `pk`, `rpm_limit` and optionally `tpm_limit`."""
-    rpm, tpm = key.rpm_limit or 0, getattr(key, "tpm_limit", None) or 0
-    if not rpm and not tpm:
-        return
-    now = time.time() if now is None else now
-    window = int(now // WINDOW_SECONDS)
-    retry_after = max(1, int(WINDOW_SECONDS - now % WINDOW_SECONDS + 0.999))
-    req_key, tok_key = f"llmobs:rl:{key.pk}:{window}:r", f"llmobs:rl:{key.pk}:{window}:t"
-    client = get_redis()
-    if client is None:
-        verdict = _check_local(req_key, tok_key, rpm, tpm, tokens)
-    else:
+@dataclass(frozen=True)
+class Admission:
+    """One request's rate-limit check, built without touching Redis. The gateway hands it to
+    `enforcement.reserve`, which runs it in the same Lua call as the budget reservation (one
+    Redis round trip instead of two); `check()` runs it on its own."""
+
+    req_key: str
+    tok_key: str
+    rpm: int
+    tpm: int
+    tokens: int
+    retry_after: int
+
+    @property
+    def redis_keys(self) -> list[str]:
+        return [self.req_key, self.tok_key]
+
+    @property
+    def redis_args(self) -> list[int]:
+        return [self.rpm, self.tpm, self.tokens, WINDOW_SECONDS + 5]
+
+    def check(self) -> None:
+        client = get_redis()
+        if client is None:
+            self.refuse(_check_local(self.req_key, self.tok_key, self.rpm, self.tpm, self.tokens))
+            return
         import redis
 
         global _script
         try:
             if _script is None:
                 _script = client.register_script(CHECK_LUA)
-            verdict = int(_script(keys=[req_key, tok_key], args=[rpm, tpm, tokens, WINDOW_SECONDS + 5]))
+            verdict = int(_script(keys=self.redis_keys, args=self.redis_args))
         except redis.RedisError as exc:
             logger.warning("Rate-limit store unavailable, failing open: %s", exc)
             return
-    if verdict == 1:
-        raise RateLimited(kind="rpm", limit=rpm, retry_after=retry_after)
-    if verdict == 2:
-        raise RateLimited(kind="tpm", limit=tpm, retry_after=retry_after)
+        self.refuse(verdict)
+
+    def refuse(self, verdict: int) -> None:
+        """Raise RateLimited for a script's verdict (1: rpm, 2: tpm); 0 admits."""
+        if verdict == 1:
+            raise RateLimited(kind="rpm", limit=self.rpm, retry_after=self.retry_after)
+        if verdict == 2:
+            raise RateLimited(kind="tpm", limit=self.tpm, retry_after=self.retry_after)
+
+
+def admission(*, key: ApiKey, tokens: int = 0, now: float | None = None) -> Admission | None:
+    """The check for one request of `key` now; None when the key has no limits (nothing to count)."""
+    rpm, tpm = key.rpm_limit or 0, getattr(key, "tpm_limit", None) or 0
+    if not rpm and not tpm:
+        return None
+    now = time.time() if now is None else now
+    window = int(now // WINDOW_SECONDS)
+    return Admission(
+        req_key=f"llmobs:rl:{key.pk}:{window}:r",
+        tok_key=f"llmobs:rl:{key.pk}:{window}:t",
+        rpm=rpm,
+        tpm=tpm,
+        tokens=tokens,
+        retry_after=max(1, int(WINDOW_SECONDS - now % WINDOW_SECONDS + 0.999)),
+    )
+
+
+def check_rate(*, key: ApiKey, tokens: int = 0, now: float | None = None) -> None:
+    """`key` is an ApiKey or anything with `pk`, `rpm_limit` and optionally `tpm_limit`."""
+    check = admission(key=key, tokens=tokens, now=now)
+    if check is not None:
+        check.check()
 
 
 def _check_local(req_key: str, tok_key: str, rpm: int, tpm: int, tokens: int) -> int:

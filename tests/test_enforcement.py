@@ -191,3 +191,46 @@ def test_spend_is_seeded_from_recorded_events_in_the_period_only(acme, research_
     )
     make_usage_event(tenant=acme, department=None, occurred_at=bounds.start, cost=Decimal("7"))
     assert enforcement.period_spend(budget, bounds) == Decimal("1.25")
+
+
+# --- the rate limit shares the reservation's Redis call -----------------------------------------
+
+
+def keyed_client(live_server, acme, research_dept, **limits) -> openai.OpenAI:
+    _key, raw = make_key(acme, department=research_dept, **limits)  # noqa: F405
+    return openai.OpenAI(api_key=raw, base_url=live_server.url + "/v1", max_retries=0)
+
+
+def test_with_a_hard_budget_in_scope_the_rate_limit_still_refuses_and_holds_nothing(
+    live_server, acme, research_dept, routes, fake
+):
+    """With budgets on Redis the rpm check runs in the reservation's Lua call: the refused call
+    reaches no upstream and leaves no hold on the budget."""
+    budget = hard_budget(acme, research_dept, "100.00")
+    client = keyed_client(live_server, acme, research_dept, rpm_limit=2)
+    for _ in range(2):
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert caught.value.body["message"] == "Rate limit exceeded: this API key allows 2 requests per minute."
+    assert 1 <= int(caught.value.response.headers["Retry-After"]) <= 60
+    assert len(fake.requests) == 2
+    # Nothing is still held: a reservation of the whole budget is admitted.
+    scope = enforcement.BudgetScope(tenant_id=acme.pk, department_id=research_dept.pk, user_ref="", models=(), tags={})
+    held = enforcement.reserve(scope=scope, amount=Decimal("99.99"), at=timezone.now())
+    assert held.budgets == [budget]
+    enforcement.settle(held, actual=Decimal(0))
+
+
+def test_a_call_refused_by_its_budget_still_counts_against_the_rate_limit(
+    live_server, acme, research_dept, routes, fake
+):
+    hard_budget(acme, research_dept, "0.000001")
+    client = keyed_client(live_server, acme, research_dept, rpm_limit=2)
+    for _ in range(2):
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        assert caught.value.status_code == 402
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert fake.requests == []
