@@ -268,10 +268,10 @@ def format_value(metric: str, value: float | Decimal | None, currency: str) -> s
         return units.NONE
     if metric == Anomaly.Metric.COST:
         amount = Decimal(str(value))
-        # Below one unit, cents would round a model's share of an hour to "0.00".
-        if abs(amount) >= 1:
-            return money.format_money(amount, currency)
-        return f"{amount.quantize(Decimal('0.0001'), rounding=ROUND_HALF_UP)} {currency}"
+        # Below a cent, cents would round a model's share of an hour to "0.00": show four places.
+        if amount and abs(amount) < Decimal("0.01"):
+            return f"{amount.quantize(Decimal('0.0001'), rounding=ROUND_HALF_UP)} {currency}"
+        return money.format_money(amount, currency)
     if metric == Anomaly.Metric.ERROR_RATE:
         return units.format_rate(value)
     if metric == Anomaly.Metric.P95_LATENCY:

@@ -165,7 +165,9 @@ def test_every_surface_formats_a_metric_value_the_same_way():
     """Pages (`anomaly_value`), e-mailed reports and explanations share `format_value`."""
     fmt = anomalies.format_value
     assert fmt("cost", Decimal("1234.5678"), "EUR") == "1,234.57 EUR"
+    assert fmt("cost", 0.25, "USD") == "0.25 USD"
     assert fmt("cost", 0.00421, "USD") == "0.0042 USD"  # a model's share of an hour, not "0.00"
+    assert fmt("cost", 0, "USD") == "0.00 USD"
     assert fmt("error_rate", 0.0234, "USD") == "2.3%"
     assert fmt("p95_latency", 840, "USD") == "840 ms"
     assert fmt("p95_latency", 12_400, "USD") == "12.4 s"
