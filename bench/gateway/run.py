@@ -12,10 +12,12 @@ docs/PERFORMANCE.md and writes results.json next to this file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -71,9 +73,8 @@ def wrk(url: str, *, connections: int, seconds: int, key: str = "") -> dict[str,
     }
 
 
-def tree_cpu_seconds(root_pid: int) -> float:
-    """User + system CPU of a process and all its descendants (from /proc), in seconds. On a
-    shared machine, CPU per request is a fairer measure of cost than wall-clock throughput."""
+def _process_tree(root_pid: int) -> dict[int, float]:
+    """CPU seconds (user + system, from /proc) of a process and each of its descendants."""
     ticks = os.sysconf("SC_CLK_TCK")
     children: dict[int, list[int]] = {}
     stats: dict[int, float] = {}
@@ -88,12 +89,26 @@ def tree_cpu_seconds(root_pid: int) -> float:
         pid, ppid = int(entry), int(fields[1])
         children.setdefault(ppid, []).append(pid)
         stats[pid] = (int(fields[11]) + int(fields[12])) / ticks
-    total, stack = 0.0, [root_pid]
+    tree, stack = {}, [root_pid]
     while stack:
         pid = stack.pop()
-        total += stats.get(pid, 0.0)
+        tree[pid] = stats.get(pid, 0.0)
         stack.extend(children.get(pid, []))
-    return total
+    return tree
+
+
+def tree_cpu_seconds(root_pid: int) -> float:
+    """User + system CPU of a process and all its descendants, in seconds. On a shared machine,
+    CPU per request is a fairer measure of cost than wall-clock throughput."""
+    return sum(_process_tree(root_pid).values())
+
+
+def pause_tree(root_pid: int, paused: bool) -> None:
+    """SIGSTOP (or SIGCONT) a proxy and its workers, so that while one proxy is measured the
+    other's idle work (timers, background threads) takes no CPU from it."""
+    for pid in _process_tree(root_pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP if paused else signal.SIGCONT)
 
 
 def ttft(url: str, *, n: int, key: str = "") -> dict[str, float]:
@@ -217,7 +232,10 @@ def main() -> None:
         for url, k in targets.values():
             wait_for(url, headers={"Authorization": f"Bearer {k}"} if k else None, timeout=120)
         results: dict[str, dict] = {}
+        proxies = [name for name in targets if name != "direct"]  # the upstream always runs
         for name, (url, k) in targets.items():
+            for other in proxies:
+                pause_tree(pids[other], paused=other != name)
             wrk(url, connections=8, seconds=3, key=k)  # warm pools and caches
             c1 = wrk(url, connections=1, seconds=args.seconds, key=k)
             cpu_before = tree_cpu_seconds(pids[name])
@@ -232,6 +250,8 @@ def main() -> None:
             print(name, json.dumps(results[name]), flush=True)
         report(results, args)
     finally:
+        for proc in procs:
+            pause_tree(proc.pid, paused=False)
         for proc in reversed(procs):
             proc.terminate()
         for proc in procs:
