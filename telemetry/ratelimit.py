@@ -7,6 +7,9 @@ until the window resets) when either limit would be exceeded; a refused request 
 Keys without limits cost nothing. The gateway passes its token estimate (prompt estimate +
 max_tokens), so tpm limits what callers may *ask for*. Ingest uses the same counters through
 the DRF throttle `ApiKeyRateThrottle`, so a key's rpm is one budget across ingest and gateway.
+The gateway builds the check with `admission()` and hands it to `enforcement.reserve`, which
+runs it inside the budget reservation's Lua call when hard budgets are in scope (one Redis round
+trip for both) and on its own otherwise.
 
 Backends: Redis (one Lua script, atomic across workers) when `REDIS_URL` is set; otherwise a
 process-local counter table under a lock, correct for the single-process embedded default. Redis
