@@ -936,9 +936,12 @@ _MOVE_STAGE = (
 @functools.lru_cache(maxsize=1)
 def _value_casts() -> str:
     """One VALUES row with each placeholder cast to its column's type: a column of NULLs in a
-    VALUES list would otherwise be typed text and refused by an integer column."""
+    VALUES list would otherwise be typed text and refused by an integer column. The cast drops
+    the type's modifier (`varchar`, not `varchar(128)`): an explicit cast to varchar(n) would
+    silently truncate, while the INSERT's own assignment refuses a value that is too long."""
     fields = {f.column: f for f in UsageEvent._meta.concrete_fields}
-    return "(" + ", ".join(f"%s::{fields[c].db_type(connection)}" for c in ("tenant_id", "received_at", *COLUMNS)) + ")"
+    types = (fields[c].db_type(connection).split("(")[0] for c in ("tenant_id", "received_at", *COLUMNS))
+    return "(" + ", ".join(f"%s::{t}" for t in types) + ")"
 
 
 @functools.lru_cache(maxsize=SMALL_BATCH)

@@ -239,3 +239,16 @@ def test_partitioning_is_a_clear_no_op_on_sqlite():
     assert partitions.ensure_partitions().created == []
     with pytest.raises(CommandError, match="PostgreSQL only"):
         call_command("partitions")
+
+
+@postgresql_only
+@pytest.mark.django_db
+def test_a_value_too_long_is_refused_not_truncated_on_the_single_statement_path(acme):
+    """The small-batch statement casts its VALUES; a cast to varchar(n) would truncate silently."""
+    from telemetry.ingest import EventRow, write_events
+
+    row = EventRow(event_id="long", source="gateway", occurred_at=NOW, provider="openai", model="m" * 300)
+    with pytest.raises(DataError), transaction.atomic():
+        write_events(tenant=acme.pk, rows=[row])
+    assert not UsageEvent.objects.filter(event_id="long").exists()
+    assert not UsageEventKey.objects.filter(event_id="long").exists()
