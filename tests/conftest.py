@@ -7,6 +7,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+
+# Schemathesis's pytest plugin imports its HTML report writer only when the session finishes.
+# On CPython 3.11.7, compiling a module that late (after Hypothesis has raised and restored the
+# recursion limit many times, and with live-server threads around) can abort the whole run with
+# "SystemError: AST constructor recursion depth mismatch" after every test passed (seen in CI).
+# Importing it here, at collection, compiles it while the interpreter state is clean.
+import schemathesis.reporting.html.writer  # noqa: F401
 from django.contrib.auth import get_user_model
 
 from chargeback.models import Department, Membership, ModelPrice, Role, Tenant
