@@ -40,7 +40,16 @@ from chargeback.models import (
 from chargeback.pricing import get_price_book, price_usage
 from chargeback.usage import Usage
 from telemetry import alert_checks, anomalies, partitions, rollups
-from telemetry.models import DailyRollup, DimensionRollup, EvalConfig, EvalScore, Feedback, HourlyRollup, UsageEvent
+from telemetry.models import (
+    DailyRollup,
+    DimensionRollup,
+    EvalConfig,
+    EvalScore,
+    Feedback,
+    HourlyRollup,
+    MonthlyDimensionRollup,
+    UsageEvent,
+)
 
 DEMO_SLUG = "acme"
 DEMO_PASSWORD = "llmobs-demo"  # noqa: S105 - printed to the person who ran seed_demo, demo only
@@ -104,7 +113,7 @@ def reset_demo() -> None:
     UsageEvent.objects.filter(tenant=tenant).delete()
     EvalConfig.objects.filter(tenant=tenant).delete()  # before the routes its judge is PROTECTed by
     Feedback.objects.filter(tenant=tenant).delete()
-    for rollup in (HourlyRollup, DailyRollup, DimensionRollup):  # no FK cascade on rollups
+    for rollup in (HourlyRollup, DailyRollup, DimensionRollup, MonthlyDimensionRollup):  # no FK cascade on rollups
         rollup.objects.filter(tenant=tenant).delete()
     # The demo's invoices and their audit trail go with it (a queryset delete: issued invoices
     # refuse Invoice.delete() one by one, which is the point outside a demo reset).

@@ -337,6 +337,33 @@ class DimensionRollup(RollupMeasures):
         return f"{self.day} {self.dimension}={self.value} {self.requests} req"
 
 
+class MonthlyDimensionRollup(RollupMeasures):
+    """The per-dimension daily rows summed over a calendar month of the tenant's time zone.
+
+    A month-wide "spend by user" reads one row per user and department instead of one per user,
+    department and day (5,000 users: ~5k rows instead of ~155k). Recomputed from
+    `DimensionRollup` whenever one of its days is; never read for per-day intervals."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    month = models.DateField(help_text="First day of the month in the tenant's time zone.")
+    department_id = models.BigIntegerField(default=0)
+    dimension = models.CharField(max_length=72)
+    value = models.CharField(max_length=255)
+    currency = models.CharField(max_length=3)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "month", "department_id", "dimension", "value", "currency"],
+                name="monthly_dimension_rollup_key",
+            )
+        ]
+        indexes = [models.Index(fields=["tenant", "dimension", "month"], name="monthly_dim_rollup_dim_month")]
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m} {self.dimension}={self.value} {self.requests} req"
+
+
 class RollupWatermark(models.Model):
     """How far (by `received_at`) a rollup stream has consumed raw events."""
 

@@ -11,8 +11,9 @@ See docs/ROLLUPS.md.
 from __future__ import annotations
 
 import math
+import threading
 from bisect import bisect_right
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -22,8 +23,8 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Sum
-from django.db.models.functions import TruncHour
+from django.db.models import BigIntegerField, Sum
+from django.db.models.functions import Cast, TruncHour
 from django.utils import timezone
 
 from chargeback.models import Budget, Department, PeriodBounds, Tenant
@@ -36,6 +37,7 @@ from telemetry.models import (
     DailyRollup,
     DimensionRollup,
     HourlyRollup,
+    MonthlyDimensionRollup,
     RollupWatermark,
     UsageEvent,
 )
@@ -54,6 +56,7 @@ DIMENSION_MEASURES = ADDITIVE
 HOURLY_KEYS = ("tenant_id", "hour", "department_id", "provider", "model", "currency", "is_eval")
 DAILY_KEYS = ("tenant_id", "day", "department_id", "provider", "model", "currency", "is_eval")
 DIMENSION_KEYS = ("tenant_id", "day", "department_id", "dimension", "value", "currency")
+MONTHLY_DIMENSION_KEYS = ("tenant_id", "month", "department_id", "dimension", "value", "currency")
 
 
 def tag_keys() -> tuple[str, ...]:
@@ -120,16 +123,24 @@ def _watermark(name: str, *, default: datetime) -> RollupWatermark:
     return mark
 
 
-def _lock(name: str) -> None:
+def _lock(name: str, *, shared: bool = False) -> None:
     # One rollup writer at a time per stream; a second worker waits instead of racing the
     # DELETE/INSERT of the same bucket (the unique key would still stop a double count).
+    # `shared`: the chunks of one parallel rebuild, which touch disjoint buckets.
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"llmobs.rollup.{name}"])
+            function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+            cursor.execute(f"SELECT {function}(hashtext(%s))", [f"llmobs.rollup.{name}"])
             # JIT-compiling 150 aggregate expressions costs seconds per statement (measured:
             # 9.5 s of JIT for a 0.6 s day), and the sorts/hashes of a day fit in 64 MB.
             cursor.execute("SET LOCAL jit = off")
             cursor.execute("SET LOCAL work_mem = '64MB'")
+            # The planner guesses far more groups than an hour or a day holds (one per ~2 events)
+            # and sorts 322k rows of a day instead of hashing its ~5k groups (measured: hourly
+            # statement 0.95 s sorted, 0.55 s hashed). Rollup statements need no sort otherwise;
+            # a hash table that really outgrows work_mem × hash_mem_multiplier spills to disk.
+            cursor.execute("SET LOCAL enable_sort = off")
+            cursor.execute("SET LOCAL hash_mem_multiplier = 4")
 
 
 def _affected_hours(since: datetime, until: datetime) -> set[tuple[int, datetime]]:
@@ -172,7 +183,9 @@ def roll_up_pending(*, now: datetime | None = None) -> RollupResult:
             _recompute_days(sorted(_days_of_hours(hours)))
         mark.position = now
         mark.save(update_fields=["position", "updated_at"])
-    return RollupResult(hours=len(hours), days=len(_days_of_hours(hours)) if hours else 0, tenants={t for t, _ in hours})
+    return RollupResult(
+        hours=len(hours), days=len(_days_of_hours(hours)) if hours else 0, tenants={t for t, _ in hours}
+    )
 
 
 def roll_up_dimensions_pending(*, now: datetime | None = None) -> RollupResult:
@@ -185,6 +198,7 @@ def roll_up_dimensions_pending(*, now: datetime | None = None) -> RollupResult:
         days = _days_of_hours(_affected_hours(mark.position - SAFETY_LAG, now))
         if days:
             _recompute_dimension_days(sorted(days))
+            recompute_dimension_months(sorted(_months_of_days(days)))
         mark.position = now
         mark.save(update_fields=["position", "updated_at"])
     return RollupResult(days=len(days), tenants={t for t, _ in days})
@@ -197,10 +211,15 @@ def rebuild(
     tenant_id: int | None = None,
     chunk: timedelta = timedelta(days=1),
     progress: Callable[[str], None] | None = None,
+    jobs: int = 1,
 ) -> RollupResult:
     """Recompute every rollup for [start, end) (widened to whole hours), one chunk per
     transaction so a long rebuild makes durable progress. Never before the raw-retention limit:
-    purged hours would be recomputed from no rows and their kept rollups erased."""
+    purged hours would be recomputed from no rows and their kept rollups erased.
+
+    `jobs` > 1 (PostgreSQL, outside a transaction) runs the chunks on that many sessions at once, in
+    phases: every hour, then every day from the hours, then every day's per-dimension rows,
+    then the months (see `_rebuild_parallel`)."""
     from telemetry import retention
 
     earliest = retention.earliest_raw_write()
@@ -215,9 +234,42 @@ def rebuild(
         end += HOUR
     tenant_ids = [tenant_id] if tenant_id else list(Tenant.objects.values_list("pk", flat=True))
     zones = _tenant_zones(tenant_ids)
+    result = _rebuild(start, end, tenant_ids, zones, chunk=chunk, progress=progress, jobs=jobs)
+    if connection.vendor == "postgresql":
+        # A rebuild replaces rows by the hundred thousand; without fresh statistics the planner
+        # took a month of daily rows for one row and sorted them on disk (45 ms → 14 ms for the
+        # latency-by-department query once analysed).
+        # Key columns only: the row counts and key distributions are what the plans need, and
+        # sampling all 160 columns of the hourly table took ~2 s of a 30 s rebuild.
+        tables = (
+            (HourlyRollup, HOURLY_KEYS),
+            (DailyRollup, DAILY_KEYS),
+            (DimensionRollup, DIMENSION_KEYS),
+            (MonthlyDimensionRollup, MONTHLY_DIMENSION_KEYS),
+        )
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE " + ", ".join(f"{m._meta.db_table} ({', '.join(keys)})" for m, keys in tables))
+    return result
+
+
+def _rebuild(
+    start: datetime,
+    end: datetime,
+    tenant_ids: Sequence[int],
+    zones: dict[int, ZoneInfo],
+    *,
+    chunk: timedelta,
+    progress: Callable[[str], None] | None,
+    jobs: int,
+) -> RollupResult:
+    # Other sessions cannot see a caller's uncommitted rows (nor take a lock its transaction
+    # holds), so inside a transaction the rebuild stays on this one session.
+    if jobs > 1 and connection.vendor == "postgresql" and not connection.in_atomic_block:
+        return _rebuild_parallel(start, end, tenant_ids, zones, chunk=chunk, progress=progress, jobs=jobs)
     result = RollupResult(tenants=set(tenant_ids))
     cursor_at = start
     done: set[tuple[int, date]] = set()
+    months_done: set[tuple[int, date]] = set()
     while cursor_at < end:
         chunk_end = min(cursor_at + chunk, end)
         with transaction.atomic():
@@ -231,14 +283,18 @@ def rebuild(
             # A tenant's local day straddles two UTC chunks: roll its daily and per-dimension
             # rows once, in the chunk that completes it (or the last one), not once per chunk.
             days = sorted(
-                (t, d)
-                for t, d in touched - done
-                if chunk_end >= end or local_day_bounds(d, zones[t])[1] <= chunk_end
+                (t, d) for t, d in touched - done if chunk_end >= end or local_day_bounds(d, zones[t])[1] <= chunk_end
             )
             done.update(days)
             _recompute_days(days)
             _lock(DIMENSION_STREAM)
             _recompute_dimension_days(days)
+            # Likewise a month's per-dimension totals: once, when its last day has been rolled.
+            months = sorted(
+                m for m in _months_of_days(done) - months_done if chunk_end >= end or _month_complete(m, done)
+            )
+            months_done.update(months)
+            recompute_dimension_months(months)
         result.hours += int((chunk_end - cursor_at) / HOUR)
         result.days += len(days)
         if progress:
@@ -247,25 +303,156 @@ def rebuild(
     return result
 
 
+REBUILD_LOCK = "llmobs.rollup.rebuild"
+
+
+def _rebuild_parallel(
+    start: datetime,
+    end: datetime,
+    tenant_ids: Sequence[int],
+    zones: dict[int, ZoneInfo],
+    *,
+    chunk: timedelta,
+    progress: Callable[[str], None] | None,
+    jobs: int,
+) -> RollupResult:
+    """The rebuild on `jobs` sessions. Each chunk is its own transaction holding the stream's
+    lock *shared* (rebuild chunks touch disjoint buckets; the minute task's exclusive lock waits
+    for them); one rebuild at a time, by a session lock. Phases keep the order the sequential
+    rebuild guarantees: a day is summed only after all its hours, a month after all its days."""
+    hours = int((end - start) / HOUR)
+    chunks = []
+    at = start
+    while at < end:
+        chunks.append((at, min(at + chunk, end)))
+        at += chunk
+    days = sorted({(t, (start + HOUR * i).astimezone(zones[t]).date()) for t in tenant_ids for i in range(hours)})
+    months = sorted(_months_of_days(days))
+
+    def hourly(lo: datetime, hi: datetime) -> Callable[[], str]:
+        def run() -> str:
+            with transaction.atomic():
+                _lock(HOURLY_STREAM, shared=True)
+                _recompute_hour_range(lo, hi, tenant_ids)
+            return f"hourly {lo:%Y-%m-%d %H:%M} → {hi:%Y-%m-%d %H:%M} UTC"
+
+        return run
+
+    def daily(week: list[tuple[int, date]]) -> Callable[[], str]:
+        def run() -> str:  # daily rows sum hourly rows: cheap, a week per transaction
+            with transaction.atomic():
+                _lock(HOURLY_STREAM, shared=True)
+                _recompute_days(week)
+            return ""
+
+        return run
+
+    def dimensions(day: tuple[int, date]) -> Callable[[], str]:
+        def run() -> str:
+            with transaction.atomic():
+                _lock(DIMENSION_STREAM, shared=True)
+                _recompute_dimension_days([day])
+            return f"per-dimension {day[1]:%Y-%m-%d} (tenant {day[0]})"
+
+        return run
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(hashtext(%s))", [REBUILD_LOCK])
+    try:
+        _run_parallel(jobs, [hourly(lo, hi) for lo, hi in chunks], progress)
+        if progress:
+            progress(f"hourly: {len(chunks)} chunks")
+        _run_parallel(jobs, [daily(days[i : i + 7]) for i in range(0, len(days), 7)], None)
+        if progress:
+            progress(f"daily: {len(days)} tenant-days")
+        _run_parallel(jobs, [dimensions(d) for d in days], progress)
+        with transaction.atomic():
+            _lock(DIMENSION_STREAM, shared=True)
+            recompute_dimension_months(months)
+        if progress:
+            progress(f"monthly per-dimension: {len(months)} tenant-months")
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [REBUILD_LOCK])
+    return RollupResult(hours=hours, days=len(days), tenants=set(tenant_ids))
+
+
+def _run_parallel(jobs: int, tasks: Sequence[Callable[[], str]], progress: Callable[[str], None] | None) -> None:
+    """Run `tasks` on up to `jobs` threads, each with its own database connection (closed when
+    the thread ends). After the first failure no new task starts; it is raised once all stop."""
+    pending = deque(tasks)
+    guard = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            while True:
+                with guard:
+                    if errors or not pending:
+                        return
+                    task = pending.popleft()
+                try:
+                    message = task()
+                except BaseException as exc:  # re-raised in the caller's thread below
+                    with guard:
+                        errors.append(exc)
+                    return
+                if progress:
+                    with guard:
+                        progress(message)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker, name=f"rollup-rebuild-{i}") for i in range(min(jobs, len(tasks)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
 # The SQL below is assembled from table names and fixed constants only (hence the S608 noqa
 # markers); every value is a bound parameter.
-# PostgreSQL: the aggregate expressions of the hourly rollup, over `e` (raw rows with lb/tb,
-# their latency and TTFT bucket numbers).
-def _hourly_select_sql() -> str:
+# PostgreSQL: the scalar aggregates of the hourly rollup, over `e` (raw rows with lb/tb, their
+# latency and TTFT bucket numbers).
+def _hourly_scalars_sql() -> str:
     parts = [
         "count(*)",
         "count(*) FILTER (WHERE e.status <> 'ok')",
-        "count(*) FILTER (WHERE e.cost IS NULL)",
+        "count(*) - count(e.cost)",
         *(f"COALESCE(sum(e.{f}), 0)" for f in COUNT_FIELDS[3:]),
         "COALESCE(sum(e.cost), 0)",
         "count(e.latency_ms)",
         "COALESCE(sum(e.latency_ms), 0)",
         "count(e.ttft_ms)",
         "COALESCE(sum(e.ttft_ms), 0)",
-        *(f"count(*) FILTER (WHERE e.lb = {i})" for i in range(HISTOGRAM_BUCKETS)),
-        *(f"count(*) FILTER (WHERE e.tb = {i})" for i in range(HISTOGRAM_BUCKETS)),
     ]
-    return ",\n".join(parts)
+    return ",\n".join(f"{part} AS m{i}" for i, part in enumerate(parts))
+
+
+# The histograms are counted as one packed NUMERIC sum per histogram instead of 71 `count(*)
+# FILTER (WHERE bucket = i)` each: an event in bucket i adds 10^(PACK_DIGITS·i), so digit group i
+# of the sum is bucket i's count. PostgreSQL adds such a one-digit NUMERIC in constant time,
+# while 142 FILTERs cost 142 expression evaluations per event (measured on one day of 322k
+# events: 1.27 s → 0.63 s for the whole hourly statement, unpacking included). A bucket's count
+# would have to reach 10^12 in one hour-group to carry into the next; the columns are int4.
+PACK_DIGITS = 12
+PACK_WIDTH = PACK_DIGITS * HISTOGRAM_BUCKETS
+
+
+def _packed_sum(bucket: str) -> str:
+    powers = "ARRAY[" + ",".join(f"1e{PACK_DIGITS * i}" for i in range(HISTOGRAM_BUCKETS)) + "]::numeric[]"
+    return f"sum(({powers})[{bucket} + 1])"
+
+
+def _unpacked(column: str) -> str:
+    # `column` is the packed sum as zero-padded ASCII digits in a bytea (a bytea substring is
+    # O(1); a text substring in a UTF-8 database walks the string from its start).
+    return ", ".join(
+        f"encode(substring({column} from {PACK_WIDTH - PACK_DIGITS * (i + 1) + 1} for {PACK_DIGITS}), 'escape')::int"
+        for i in range(HISTOGRAM_BUCKETS)
+    )
 
 
 def _upsert_sql(table: str, keys: Sequence[str], measures: Sequence[str], select: str) -> str:
@@ -281,13 +468,25 @@ def _edges_array() -> str:
 def _hourly_insert_pg(source_filter: str, params: list[Any]) -> None:
     raw = UsageEvent._meta.db_table
     edges = _edges_array()
+    scalars = len(ADDITIVE) + len(LATENCY_SCALARS)
+    outer = ", ".join([*(f"g.k{i}" for i in range(len(HOURLY_KEYS))), *(f"g.m{i}" for i in range(scalars))])
+    # OFFSET 0 keeps the lateral from being inlined into each of the 142 unpacking expressions.
     select = f"""
-SELECT e.tenant_id, date_trunc('hour', e.occurred_at, 'UTC'), COALESCE(e.department_id, 0), e.provider, e.model,
-       e.currency, (e.feature = 'eval' OR e.source = 'eval'),
-{_hourly_select_sql()}
-FROM (SELECT r.*, width_bucket(r.latency_ms, {edges}) AS lb, width_bucket(r.ttft_ms, {edges}) AS tb
-      FROM {raw} r {source_filter}) e
-GROUP BY 1, 2, 3, 4, 5, 6, 7"""  # noqa: S608
+SELECT {outer}, {_unpacked("u.l")}, {_unpacked("u.t")}
+FROM (
+  SELECT e.tenant_id AS k0, date_trunc('hour', e.occurred_at, 'UTC') AS k1, COALESCE(e.department_id, 0) AS k2,
+         e.provider AS k3, e.model AS k4, e.currency AS k5, (e.feature = 'eval' OR e.source = 'eval') AS k6,
+         {_hourly_scalars_sql()},
+         {_packed_sum("e.lb")} AS lp, {_packed_sum("e.tb")} AS tp
+  FROM (SELECT r.*, width_bucket(r.latency_ms, {edges}) AS lb, width_bucket(r.ttft_ms, {edges}) AS tb
+        FROM {raw} r {source_filter}) e
+  GROUP BY 1, 2, 3, 4, 5, 6, 7
+) g
+CROSS JOIN LATERAL (
+  SELECT decode(lpad(COALESCE(g.lp, 0)::text, {PACK_WIDTH}, '0'), 'escape') AS l,
+         decode(lpad(COALESCE(g.tp, 0)::text, {PACK_WIDTH}, '0'), 'escape') AS t
+  OFFSET 0
+) u"""  # noqa: S608
     sql = _upsert_sql(HourlyRollup._meta.db_table, HOURLY_KEYS, HOURLY_MEASURES, select)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -315,7 +514,9 @@ def _recompute_hours(hours: Sequence[tuple[int, datetime]]) -> None:
         return
     for tenant_id, hour in hours:
         HourlyRollup.objects.filter(tenant_id=tenant_id, hour=hour).delete()
-        _hourly_python(UsageEvent.objects.filter(tenant_id=tenant_id, occurred_at__gte=hour, occurred_at__lt=hour + HOUR))
+        _hourly_python(
+            UsageEvent.objects.filter(tenant_id=tenant_id, occurred_at__gte=hour, occurred_at__lt=hour + HOUR)
+        )
 
 
 def _recompute_hour_range(start: datetime, end: datetime, tenant_ids: Sequence[int]) -> None:
@@ -413,35 +614,47 @@ def _recompute_dimension_days(days: Sequence[tuple[int, date]]) -> None:
     if connection.vendor == "postgresql":
         values, params = _values_list_sql(rows, ("bigint", "date", "timestamptz", "timestamptz"))
         table = DimensionRollup._meta.db_table
-        # One VALUES row per configured tag key (a lateral VALUES is far cheaper per event than
-        # a subquery); NULL when the event lacks the key, and those rows are dropped.
-        tag_values = "".join(
-            ", (%s::text, CASE WHEN e.tags ? %s::text THEN left(COALESCE(e.tags ->> %s::text, ''), 255) END)" for _ in keys
+        # One scan, one GROUPING SETS aggregate: a group per user, per feature and per value of
+        # each configured tag key (NULL when the event lacks the key; those groups are dropped).
+        # Measured on one day of 322k events: 0.77 s, against 0.94 s for a lateral VALUES row
+        # per event and dimension.
+        columns = ["e.user_ref", "e.feature", *(f"e.t{i}" for i in range(len(keys)))]
+        names = ["'user'", "'feature'", *("%s::text" for _ in keys)]
+        dimension = " ".join(f"WHEN GROUPING({c}) = 0 THEN {n}" for c, n in zip(columns, names, strict=True))
+        value = " ".join(f"WHEN GROUPING({c}) = 0 THEN {c}" for c in columns)
+        tags = "".join(
+            f", CASE WHEN r.tags ? %s::text THEN left(COALESCE(r.tags ->> %s::text, ''), 255) END AS t{i}"
+            for i in range(len(keys))
         )
-        measures = ", ".join(
-            [
-                "count(*)",
-                "count(*) FILTER (WHERE e.status <> 'ok')",
-                "count(*) FILTER (WHERE e.cost IS NULL)",
-                *(f"COALESCE(sum(e.{f}), 0)" for f in COUNT_FIELDS[3:]),
-                "COALESCE(sum(e.cost), 0)",
-            ]
-        )
+        aggregates = [
+            "count(*)",
+            "count(*) FILTER (WHERE e.status <> 'ok')",
+            "count(*) - count(e.cost)",
+            *(f"COALESCE(sum(e.{f}), 0)" for f in COUNT_FIELDS[3:]),
+            "COALESCE(sum(e.cost), 0)",
+        ]
+        measures = ", ".join(f"{m} AS m{i}" for i, m in enumerate(aggregates))
+        outer = ", ".join(f"s.m{i}" for i in range(len(aggregates)))
         select = f"""
-SELECT e.tenant_id, d.day, COALESCE(e.department_id, 0), x.dimension, x.value, e.currency, {measures}
-FROM {UsageEvent._meta.db_table} e
-JOIN (VALUES {values}) d(tenant_id, day, lo, hi) ON e.tenant_id = d.tenant_id AND e.occurred_at >= d.lo AND e.occurred_at < d.hi
-CROSS JOIN LATERAL (VALUES ('user', e.user_ref), ('feature', e.feature){tag_values}) AS x(dimension, value)
-WHERE x.value IS NOT NULL
-GROUP BY 1, 2, 3, 4, 5, 6"""  # noqa: S608
+SELECT s.tenant_id, s.day, s.dept, s.dimension, s.value, s.currency, {outer}
+FROM (
+  SELECT e.tenant_id, e.day, e.dept, e.currency, CASE {dimension} END AS dimension, CASE {value} END AS value, {measures}
+  FROM (
+    SELECT r.*, d.day, COALESCE(r.department_id, 0) AS dept{tags}
+    FROM {UsageEvent._meta.db_table} r
+    JOIN (VALUES {values}) d(tenant_id, day, lo, hi) ON r.tenant_id = d.tenant_id AND r.occurred_at >= d.lo AND r.occurred_at < d.hi
+  ) e
+  GROUP BY e.tenant_id, e.day, e.dept, e.currency, GROUPING SETS ({", ".join(f"({c})" for c in columns)})
+) s
+WHERE s.value IS NOT NULL"""  # noqa: S608
         with connection.cursor() as cursor:
             cursor.execute(
                 f"DELETE FROM {table} x USING (VALUES {values}) d(tenant_id, day, lo, hi) "  # noqa: S608
                 "WHERE x.tenant_id = d.tenant_id AND x.day = d.day",
                 params,
             )
-            tag_params = [p for k in keys for p in (f"tag:{k}", k, k)]
-            cursor.execute(_upsert_sql(table, DIMENSION_KEYS, DIMENSION_MEASURES, select), [*params, *tag_params])
+            select_params = [*(f"tag:{k}" for k in keys), *(p for k in keys for p in (k, k)), *params]
+            cursor.execute(_upsert_sql(table, DIMENSION_KEYS, DIMENSION_MEASURES, select), select_params)
         return
     fields = ("department_id", "user_ref", "feature", "tags", "currency", "status", "cost", *COUNT_FIELDS[3:])
     for tenant_id, day, lo, hi in rows:
@@ -469,6 +682,54 @@ GROUP BY 1, 2, 3, 4, 5, 6"""  # noqa: S608
                     g[f] += r[f]
         DimensionRollup.objects.bulk_create(
             [DimensionRollup(**dict(zip(DIMENSION_KEYS, k, strict=True)), **g) for k, g in groups.items()],
+            batch_size=500,
+        )
+
+
+def _months_of_days(days: Iterable[tuple[int, date]]) -> set[tuple[int, date]]:
+    return {(t, d.replace(day=1)) for t, d in days}
+
+
+def _next_month(month: date) -> date:
+    return (month.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+def _month_complete(month: tuple[int, date], done: set[tuple[int, date]]) -> bool:
+    tenant_id, first = month
+    return (tenant_id, _next_month(first) - timedelta(days=1)) in done
+
+
+def recompute_dimension_months(months: Sequence[tuple[int, date]]) -> None:
+    """Monthly per-dimension rows = the sum of that local month's daily per-dimension rows."""
+    if not months:
+        return
+    table = MonthlyDimensionRollup._meta.db_table
+    if connection.vendor == "postgresql":
+        rows = [(t, m, _next_month(m)) for t, m in months]
+        values, params = _values_list_sql(rows, ("bigint", "date", "date"))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"DELETE FROM {table} x USING (VALUES {values}) m(tenant_id, month, next) "  # noqa: S608
+                "WHERE x.tenant_id = m.tenant_id AND x.month = m.month",
+                params,
+            )
+            sums = ", ".join(f"sum(d.{f})" for f in DIMENSION_MEASURES)
+            select = f"""
+SELECT d.tenant_id, m.month, d.department_id, d.dimension, d.value, d.currency, {sums}
+FROM {DimensionRollup._meta.db_table} d
+JOIN (VALUES {values}) m(tenant_id, month, next) ON d.tenant_id = m.tenant_id AND d.day >= m.month AND d.day < m.next
+GROUP BY 1, 2, 3, 4, 5, 6"""  # noqa: S608
+            cursor.execute(_upsert_sql(table, MONTHLY_DIMENSION_KEYS, DIMENSION_MEASURES, select), params)
+        return
+    for tenant_id, month in months:
+        MonthlyDimensionRollup.objects.filter(tenant_id=tenant_id, month=month).delete()
+        daily = DimensionRollup.objects.filter(tenant_id=tenant_id, day__gte=month, day__lt=_next_month(month))
+        keys = ("department_id", "dimension", "value", "currency")
+        MonthlyDimensionRollup.objects.bulk_create(
+            [
+                MonthlyDimensionRollup(tenant_id=tenant_id, month=month, **_clean(row, DIMENSION_MEASURES))
+                for row in sum_rows(daily, keys, DIMENSION_MEASURES)
+            ],
             batch_size=500,
         )
 
@@ -504,11 +765,37 @@ def sum_rows(queryset, keys: Sequence[str], measures: Sequence[str]) -> list[dic
     return list(groups.values())
 
 
+def summed(queryset, keys: Sequence[str], measures: Sequence[str]) -> list[dict[str, Any]]:
+    """`sum_rows` with each sum under its own name (cost a Decimal, counts ints, 0 when empty).
+    On PostgreSQL the rows are built straight from the cursor's tuples: a month of 5,000 users
+    costs ~3 ms here instead of ~35 ms through `_clean`."""
+    if connection.vendor != "postgresql" or not keys:
+        return [_clean(row, measures) for row in sum_rows(queryset, keys, measures)]
+    sums = {f"_{m}": Sum(m) if m == "cost" else Cast(Sum(m), BigIntegerField()) for m in measures}
+    sql, params = queryset.values(*keys).annotate(**sums).order_by().query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        names = [column.name.removeprefix("_") for column in cursor.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    for row in rows:
+        for m in measures:
+            if row[m] is None:
+                row[m] = 0
+    return rows
+
+
 def _clean(row: dict[str, Any], measures: Sequence[str]) -> dict[str, Any]:
-    out = {k: v for k, v in row.items() if not k.startswith("_")}
+    """A `sum_rows` row with its sums under their own names: cost a Decimal, counts ints, 0 for
+    an empty sum. (Called once per rolled-up group, 5,000 times for a month of users.)"""
+    out = {k: v for k, v in row.items() if k[0] != "_"}
     for m in measures:
-        value = row[f"_{m}"]
-        out[m] = (Decimal(value) if m == "cost" else int(value)) if value is not None else 0
+        value = row["_" + m]
+        if value is None:
+            out[m] = 0
+        elif m == "cost":
+            out[m] = value if isinstance(value, Decimal) else Decimal(value)
+        else:
+            out[m] = value if type(value) is int else int(value)
     return out
 
 
@@ -519,7 +806,9 @@ def _budget_rollups(budget: Budget, bounds: PeriodBounds):
     first, last = bounds.start.astimezone(tz).date(), bounds.end.astimezone(tz).date()
     if budget.scope in (Budget.Scope.USER, Budget.Scope.TAG):
         dimension, value = (
-            ("user", budget.user_ref) if budget.scope == Budget.Scope.USER else (f"tag:{budget.tag_key}", budget.tag_value)
+            ("user", budget.user_ref)
+            if budget.scope == Budget.Scope.USER
+            else (f"tag:{budget.tag_key}", budget.tag_value)
         )
         qs = DimensionRollup.objects.filter(dimension=dimension, value=value)
         if budget.department_id:
@@ -570,7 +859,7 @@ def invoice_lines(*, tenant: Tenant, month_start: date, month_end: date) -> list
     [month_start, month_end), evaluation traffic (feature 'eval') on separate lines."""
     qs = DailyRollup.objects.filter(tenant_id=tenant.pk, day__gte=month_start, day__lt=month_end)
     keys = ("department_id", "provider", "model", "currency", "is_eval")
-    rows = [_clean(r, ADDITIVE) for r in sum_rows(qs, keys, ADDITIVE)]
+    rows = summed(qs, keys, ADDITIVE)
     codes = dict(Department.objects.filter(tenant=tenant).values_list("pk", "code"))
     lines = [InvoiceLine(department_code=codes.get(r["department_id"], ""), **r) for r in rows]
     return sorted(lines, key=lambda x: (x.department_code, x.provider, x.model, x.currency, x.is_eval))
@@ -633,19 +922,23 @@ def _rollup_source(query: ReportQuery, group_by: str | None, interval: str | Non
         raise ReportError("user", "cannot filter by user and feature together (they are rolled up separately).")
     if dimension or query.feature or query.user:
         if interval == "hour":
-            raise ReportError("interval", "interval=hour is not available with user, feature or tag grouping (daily rollup).")
+            raise ReportError(
+                "interval", "interval=hour is not available with user, feature or tag grouping (daily rollup)."
+            )
         if not aligned:
             raise ReportError("start", "user, feature and tag reports need whole days: give start and end as dates.")
         if query.provider or query.model:
-            raise ReportError("provider" if query.provider else "model", "cannot filter by provider or model with user, feature or tag grouping.")
+            raise ReportError(
+                "provider" if query.provider else "model",
+                "cannot filter by provider or model with user, feature or tag grouping.",
+            )
         if dimension and query.feature and dimension != "feature":
             raise ReportError("feature", "the feature filter only combines with group_by=feature or no grouping.")
-        qs = DimensionRollup.objects.filter(dimension=dimension or ("user" if query.user else "feature"))
-        if query.feature:
-            qs = qs.filter(value=query.feature)
-        if query.user:
-            qs = qs.filter(value=query.user)
-        return qs, "day", "value" if dimension else None
+        return (
+            DimensionRollup.objects.filter(**_dimension_where(query, dimension)),
+            "day",
+            "value" if dimension else None,
+        )
     if interval != "hour" and aligned:
         return DailyRollup.objects.all(), "day", None
     whole = all(t.astimezone(UTC).minute == t.second == t.microsecond == 0 for t in (query.start, query.end))
@@ -656,11 +949,39 @@ def _rollup_source(query: ReportQuery, group_by: str | None, interval: str | Non
     return HourlyRollup.objects.all(), "hour", None
 
 
-def _scoped(qs, query: ReportQuery, time_field: str):
+def _dimension_where(query: ReportQuery, dimension: str | None) -> dict[str, str]:
+    where = {"dimension": dimension or ("user" if query.user else "feature")}
+    if query.feature or query.user:
+        where["value"] = query.feature or query.user
+    return where
+
+
+def _dimension_sources(query: ReportQuery, dimension: str | None) -> list[tuple[Any, str]]:
+    """A whole-day range split into the whole local months inside it (monthly rows) and the
+    days before and after them (daily rows): the same sums, from far fewer rows."""
+    tz = query.tenant.tz
+    first, last = query.start.astimezone(tz).date(), query.end.astimezone(tz).date()
+    month_lo = first if first.day == 1 else _next_month(first)
+    month_hi = last.replace(day=1)
+    where = _dimension_where(query, dimension)
+    if month_lo >= month_hi:
+        return [(_scoped(DimensionRollup.objects.filter(**where), query, "day"), "day")]
+    sources = [(_scoped(MonthlyDimensionRollup.objects.filter(**where), query, "month", month_lo, month_hi), "month")]
+    for lo, hi in ((first, month_lo), (month_hi, last)):
+        if lo < hi:
+            sources.append((_scoped(DimensionRollup.objects.filter(**where), query, "day", lo, hi), "day"))
+    return sources
+
+
+def _scoped(qs, query: ReportQuery, time_field: str, lo: date | None = None, hi: date | None = None):
+    """`qs` limited to the query's tenant, departments, provider/model and time range (for
+    day/month rows: local dates [lo, hi), by default the query's)."""
     qs = qs.filter(tenant_id=query.tenant.pk)
     tz = query.tenant.tz
-    if time_field == "day":
-        qs = qs.filter(day__gte=query.start.astimezone(tz).date(), day__lt=query.end.astimezone(tz).date())
+    if time_field in ("day", "month"):
+        lo = lo or query.start.astimezone(tz).date()
+        hi = hi or query.end.astimezone(tz).date()
+        qs = qs.filter(**{f"{time_field}__gte": lo, f"{time_field}__lt": hi})
     else:
         qs = qs.filter(hour__gte=query.start, hour__lt=query.end)
     if query.department_ids is not None:
@@ -677,30 +998,34 @@ def spend(*, query: ReportQuery, group_by: str | None = None, interval: str | No
     if group_by is not None and group_by not in SPEND_GROUPS and not group_by.startswith("tag:"):
         raise ReportError("group_by", f"must be one of {', '.join(SPEND_GROUPS)} or tag:NAME.")
     if group_by and group_by.startswith("tag:") and group_by[4:] not in tag_keys():
-        raise ReportError("group_by", f"tag {group_by[4:]!r} is not rolled up; rolled-up tag keys: {', '.join(tag_keys())}.")
+        raise ReportError(
+            "group_by", f"tag {group_by[4:]!r} is not rolled up; rolled-up tag keys: {', '.join(tag_keys())}."
+        )
     if interval is not None and interval not in INTERVALS:
         raise ReportError("interval", f"must be one of {', '.join(INTERVALS)}.")
     qs, time_field, value_field = _rollup_source(query, group_by, interval)
-    qs = _scoped(qs, query, time_field)
-    if value_field and group_by:
-        qs = qs.filter(dimension=group_by)
+    if qs.model is DimensionRollup and interval != "day":
+        dimension = group_by if value_field else None
+        sources = _dimension_sources(query, dimension)
+    else:
+        sources = [(_scoped(qs, query, time_field), time_field)]
     group_field = {"department": "department_id", "provider": "provider", "model": "model"}.get(
         group_by or "", value_field
     )
-    keys = [k for k in ((time_field if interval else None), group_field, "currency") if k]
     tz = query.tenant.tz
     merged: dict[tuple, dict[str, Any]] = {}
-    for row in sum_rows(qs, keys, ADDITIVE):
-        row = _clean(row, ADDITIVE)
-        period = _period_label(row.pop(time_field), interval, tz) if interval else None
-        group = row.pop(group_field) if group_field else None
-        key = (period, group, row["currency"])
-        into = merged.get(key)
-        if into is None:
-            merged[key] = {"period": period, "group": group, **row}
-        else:  # hours or days folded into a coarser interval
-            for m in ADDITIVE:
-                into[m] += row[m]
+    for source, time_field in sources:
+        keys = [k for k in ((time_field if interval else None), group_field, "currency") if k]
+        for row in summed(source, keys, ADDITIVE):
+            period = _period_label(row.pop(time_field), interval, tz) if interval else None
+            group = row.pop(group_field) if group_field else None
+            key = (period, group, row["currency"])
+            into = merged.get(key)
+            if into is None:
+                merged[key] = {"period": period, "group": group, **row}
+            else:  # hours, days or months folded into a coarser interval or across sources
+                for m in ADDITIVE:
+                    into[m] += row[m]
     rows = list(merged.values())
     if group_by == "department":
         codes = dict(Department.objects.filter(tenant=query.tenant).values_list("pk", "code"))

@@ -12,10 +12,19 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from telemetry import rollups
-from telemetry.models import COUNT_FIELDS, DailyRollup, DimensionRollup, HourlyRollup, UsageEvent
+from telemetry.models import (
+    COUNT_FIELDS,
+    DailyRollup,
+    DimensionRollup,
+    HourlyRollup,
+    MonthlyDimensionRollup,
+    UsageEvent,
+)
 from tests.factories import make_usage_event
 
 T0 = datetime(2025, 3, 1, 20, 0, tzinfo=UTC)
@@ -103,9 +112,7 @@ def test_hourly_and_daily_rollups_equal_raw_sums_exactly(acme, research_dept, sa
     def daily_key(e):
         return (e.occurred_at.astimezone(paris).date(), e.department_id or 0, e.provider, e.model, e.currency)
 
-    daily = rollup_sums(
-        DailyRollup.objects.all(), lambda r: (r.day, r.department_id, r.provider, r.model, r.currency)
-    )
+    daily = rollup_sums(DailyRollup.objects.all(), lambda r: (r.day, r.department_id, r.provider, r.model, r.currency))
     assert daily == raw_sums(events, daily_key)
     # Europe/Paris: 23:30 UTC on 1 March is already 2 March locally.
     assert {r.day for r in DailyRollup.objects.all()} == {date(2025, 3, 1), date(2025, 3, 2)}
@@ -226,7 +233,9 @@ def test_rollups_are_per_tenant(acme, research_dept, other_tenant, other_dept):
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_percentiles_from_rollups_are_within_the_stated_error(acme, research_dept, seed):
     rng = random.Random(seed)
-    latencies = [max(1, int(rng.lognormvariate(6.5, 1.2))) for _ in range(500)] + [rng.randrange(1, 50) for _ in range(50)]
+    latencies = [max(1, int(rng.lognormvariate(6.5, 1.2))) for _ in range(500)] + [
+        rng.randrange(1, 50) for _ in range(50)
+    ]
     UsageEvent.objects.bulk_create(
         [
             UsageEvent(
@@ -271,7 +280,9 @@ def test_invoice_lines_are_exact_and_keep_eval_traffic_apart(acme, research_dept
 def test_roll_up_command_rebuilds_a_range_with_progress(acme, research_dept):
     make_usage_event(tenant=acme, department=research_dept, occurred_at=T0)
     out = StringIO()
-    call_command("roll_up", "--start", "2025-03-01", "--end", "2025-03-03", "--tenant", "acme", stdout=out)
+    call_command(
+        "roll_up", "--start", "2025-03-01", "--end", "2025-03-03", "--tenant", "acme", "--jobs", "1", stdout=out
+    )
     assert "2025-03-01 00:00 → 2025-03-02 00:00 UTC" in out.getvalue()
     assert "Rolled up 48 hours" in out.getvalue()
     assert HourlyRollup.objects.get().requests == 1
@@ -303,6 +314,62 @@ def test_roll_up_command_rejects_a_bad_range(acme):
         call_command("roll_up", "--start", "2025-03-02", "--end", "2025-03-01")
     with pytest.raises(CommandError, match="--tenant"):
         call_command("roll_up", "--tenant", "nope")
+    with pytest.raises(CommandError, match="--jobs"):
+        call_command("roll_up", "--jobs", "0")
+
+
+def _all_rollups() -> dict:
+    snapshot = {}
+    for model in (HourlyRollup, DailyRollup, DimensionRollup, MonthlyDimensionRollup):
+        rows = model.objects.values()
+        snapshot[model.__name__] = sorted(tuple(sorted((k, str(v)) for k, v in r.items() if k != "id")) for r in rows)
+    return snapshot
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_parallel_rebuild_writes_exactly_what_a_sequential_one_does(acme, research_dept, sales_dept):
+    if connection.vendor != "postgresql":
+        pytest.skip("parallel rebuilds are PostgreSQL-only (SQLite runs one chunk after another)")
+    acme.timezone = "Europe/Paris"
+    acme.save()
+    start = datetime(2025, 2, 26, 7, tzinfo=UTC)
+    random_events(tenant=acme, departments=[research_dept, sales_dept], n=900, seed=17, start=start, hours=24 * 6)
+    rollups.rebuild(start=datetime(2025, 2, 25, tzinfo=UTC), end=datetime(2025, 3, 5, tzinfo=UTC), jobs=1)
+    sequential = _all_rollups()
+    assert (
+        all(sequential.values())
+        and len({r for r in sequential["MonthlyDimensionRollup"] if ("month", "2025-02-01") in r}) > 0
+    )
+    for model in (HourlyRollup, DailyRollup, DimensionRollup, MonthlyDimensionRollup):
+        model.objects.all().delete()
+    out = StringIO()
+    call_command(
+        "roll_up", "--start", "2025-02-25", "--end", "2025-03-05", "--jobs", "2", "--chunk-hours", "12", stdout=out
+    )
+    assert _all_rollups() == sequential
+    text = out.getvalue()
+    assert "hourly 2025-03-04 12:00 → 2025-03-05 00:00 UTC" in text
+    assert "per-dimension 2025-03-01" in text and "monthly per-dimension: 2 tenant-months" in text
+    assert "Rolled up 192 hours" in text
+
+
+def test_a_failing_parallel_chunk_stops_the_rest_and_is_raised():
+    import time
+
+    ran = []
+
+    def ok() -> str:
+        time.sleep(0.01)
+        ran.append(1)
+        return "ok"
+
+    def boom() -> str:
+        raise RuntimeError("chunk failed")
+
+    with pytest.raises(RuntimeError, match="chunk failed"):
+        rollups._run_parallel(2, [ok, boom, *([ok] * 50)], None)
+    assert len(ran) < 10
 
 
 @pytest.mark.postgres
@@ -325,3 +392,122 @@ def test_postgres_rollup_sums_equal_a_raw_sql_sum(acme, research_dept, sales_dep
         )
         rolled = cursor.fetchall()
     assert [(c, Decimal(s), int(n), int(t)) for c, s, n, t in rolled] == [(c, s, n, t) for c, s, n, t in raw]
+
+
+def _spend_by_user_reference(events, tz, first: date, last: date) -> dict:
+    kept = [e for e in events if first <= e.occurred_at.astimezone(tz).date() < last and e.user_ref]
+    return {
+        (u, c): (s["requests"], s["cost"]) for (u, c), s in raw_sums(kept, lambda e: (e.user_ref, e.currency)).items()
+    }
+
+
+def test_monthly_dimension_rows_are_the_month_of_daily_rows(acme, research_dept, sales_dept):
+    """Rebuilt across two month boundaries in a non-UTC zone: each local month's per-dimension
+    row equals the raw sums of that local month exactly."""
+    acme.timezone = "America/New_York"
+    acme.save()
+    start = datetime(2025, 2, 27, tzinfo=UTC)
+    events = random_events(
+        tenant=acme, departments=[research_dept, sales_dept], n=700, seed=21, start=start, hours=24 * 34
+    )
+    rollups.rebuild(start=start - timedelta(days=1), end=start + timedelta(days=36), tenant_id=acme.pk)
+    tz = acme.tz
+    got = rollup_sums(
+        MonthlyDimensionRollup.objects.filter(dimension="user"),
+        lambda r: (r.month, r.department_id, r.value, r.currency),
+    )
+    want = raw_sums(
+        events,
+        lambda e: (e.occurred_at.astimezone(tz).date().replace(day=1), e.department_id or 0, e.user_ref, e.currency),
+    )
+    assert got == want
+    assert {m for m, *_ in got} == {date(2025, 2, 1), date(2025, 3, 1), date(2025, 4, 1)}
+
+
+def test_a_late_event_re_rolls_its_month_too(acme, research_dept):
+    make_usage_event(tenant=acme, department=research_dept, occurred_at=T0, user_ref="ann", cost=Decimal("1"))
+    rollups.roll_up_dimensions_pending(now=timezone.now() + timedelta(minutes=5))
+    late = make_usage_event(tenant=acme, department=research_dept, occurred_at=T0 + timedelta(days=9), user_ref="ann")
+    UsageEvent.objects.filter(pk=late.pk).update(received_at=timezone.now() + timedelta(minutes=11))
+    rollups.roll_up_dimensions_pending(now=timezone.now() + timedelta(minutes=12))
+    row = MonthlyDimensionRollup.objects.get(dimension="user", value="ann")
+    assert (row.month, row.requests, row.cost) == (date(2025, 3, 1), 2, Decimal("1") + Decimal("0.000360"))
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "reads"),  # reads: (monthly rows, daily rows)
+    [
+        (date(2025, 3, 1), date(2025, 4, 1), (True, False)),  # exactly one month
+        (date(2025, 2, 27), date(2025, 4, 3), (True, True)),  # days + a month + days
+        (date(2025, 3, 4), date(2025, 3, 20), (False, True)),  # inside one month
+        (date(2025, 2, 1), date(2025, 4, 1), (True, False)),  # two whole months
+    ],
+)
+def test_spend_by_user_over_months_and_edge_days_equals_raw(acme, research_dept, sales_dept, first, last, reads):
+    acme.timezone = "Europe/Paris"
+    acme.save()
+    start = datetime(2025, 2, 25, tzinfo=UTC)
+    events = random_events(
+        tenant=acme, departments=[research_dept, sales_dept], n=800, seed=5, start=start, hours=24 * 40
+    )
+    rollups.rebuild(start=start - timedelta(days=1), end=start + timedelta(days=42), tenant_id=acme.pk)
+    tz = acme.tz
+    query = rollups.ReportQuery(
+        tenant=acme,
+        start=datetime(first.year, first.month, first.day, tzinfo=tz),
+        end=datetime(last.year, last.month, last.day, tzinfo=tz),
+    )
+    with CaptureQueriesContext(connection) as queries:
+        rows = rollups.spend(query=query, group_by="user")
+    tables = " ".join(q["sql"] for q in queries.captured_queries)
+    assert ("telemetry_monthlydimensionrollup" in tables, "telemetry_dimensionrollup" in tables) == reads
+    assert {(r["group"], r["currency"]): (r["requests"], r["cost"]) for r in rows} == _spend_by_user_reference(
+        events, tz, first, last
+    )
+    by_month = rollups.spend(query=query, group_by="user", interval="month")
+    assert sum(r["cost"] for r in by_month) == sum(r["cost"] for r in rows)
+    for r in by_month:
+        month = date.fromisoformat(r["period"] + "-01")
+        month_end = rollups._next_month(month)
+        ref = _spend_by_user_reference(events, tz, max(first, month), min(last, month_end))
+        assert ref[(r["group"], r["currency"])] == (r["requests"], r["cost"])
+
+
+def test_the_migration_backfills_monthly_rows_from_daily_ones(acme, research_dept):
+    import importlib
+    from types import SimpleNamespace
+
+    from django.apps import apps
+
+    random_events(
+        tenant=acme, departments=[research_dept], n=300, seed=3, start=datetime(2025, 3, 28, tzinfo=UTC), hours=24 * 6
+    )
+    rollups.roll_up_dimensions_pending()
+    want = sorted(
+        MonthlyDimensionRollup.objects.values_list(
+            "month", "department_id", "dimension", "value", "currency", "requests", "cost"
+        )
+    )
+    assert len({m for m, *_ in want}) == 2
+    MonthlyDimensionRollup.objects.all().delete()
+    migration = importlib.import_module("telemetry.migrations.0011_monthly_dimension_rollup")
+    # The migration's function with the current models (SQLite refuses a schema editor inside
+    # the test's transaction; the function only reads `.connection` and calls `.execute`).
+    editor = SimpleNamespace(connection=connection, execute=lambda sql: connection.cursor().execute(sql))
+    migration.backfill(apps, editor)
+    got = sorted(
+        MonthlyDimensionRollup.objects.values_list(
+            "month", "department_id", "dimension", "value", "currency", "requests", "cost"
+        )
+    )
+    assert got == want
+
+
+def test_a_parallel_rebuild_asked_inside_a_transaction_stays_on_its_session(acme, research_dept):
+    """Other sessions could not see these uncommitted events (nor take the lock this transaction
+    holds after the minute pass): the rebuild runs on the caller's session instead."""
+    events = random_events(tenant=acme, departments=[research_dept], n=120, seed=4)
+    rollups.roll_up_pending()
+    result = rollups.rebuild(start=T0 - timedelta(hours=1), end=T0 + timedelta(hours=9), jobs=2)
+    assert result.hours == 10
+    assert sum(r.requests for r in HourlyRollup.objects.all()) == len(events)

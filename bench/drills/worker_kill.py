@@ -36,7 +36,7 @@ from django.core.management import call_command  # noqa: E402
 
 from chargeback.models import Department, Invoice, Tenant  # noqa: E402
 from telemetry import rollups  # noqa: E402
-from telemetry.models import DailyRollup, DimensionRollup, HourlyRollup, UsageEvent  # noqa: E402
+from telemetry.models import DailyRollup, DimensionRollup, HourlyRollup, MonthlyDimensionRollup, UsageEvent  # noqa: E402
 
 START = datetime(2026, 10, 1, tzinfo=UTC)
 END = datetime(2026, 10, 5, tzinfo=UTC)
@@ -76,11 +76,12 @@ def snapshot(tenant: Tenant) -> dict:
         "hourly": rows(HourlyRollup, ["hour", "department_id", "model"]),
         "daily": rows(DailyRollup, ["day", "department_id", "model"]),
         "dimension": rows(DimensionRollup, ["day", "department_id", "dimension", "value"]),
+        "monthly dimension": rows(MonthlyDimensionRollup, ["month", "department_id", "dimension", "value"]),
     }
 
 
 def wipe_rollups(tenant: Tenant) -> None:
-    for model in (HourlyRollup, DailyRollup, DimensionRollup):
+    for model in (HourlyRollup, DailyRollup, DimensionRollup, MonthlyDimensionRollup):
         model.objects.filter(tenant=tenant).delete()
 
 

@@ -7,6 +7,7 @@ and department-bound keys see only their department.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -48,7 +49,9 @@ def viewer_of(request: Request) -> Viewer:
         memberships = memberships.filter(tenant__slug=slug)
     found = list(memberships[:2])
     if not found:
-        raise PermissionDenied("You are not a member of this tenant." if slug else "You are not a member of any tenant.")
+        raise PermissionDenied(
+            "You are not a member of this tenant." if slug else "You are not a member of any tenant."
+        )
     if len(found) > 1:
         raise ValidationError({"tenant": ["You belong to several tenants: name one with ?tenant=<slug>."]})
     m = found[0]
@@ -76,9 +79,17 @@ def parse_report_query(request: Request, viewer: Viewer) -> rollups.ReportQuery:
     tz = viewer.tenant.tz
     today = timezone.now().astimezone(tz).date()
     first = today.replace(day=1)
-    start = _parse_bound(params["start"], "start", viewer.tenant) if params.get("start") else datetime(first.year, first.month, first.day, tzinfo=tz)
+    start = (
+        _parse_bound(params["start"], "start", viewer.tenant)
+        if params.get("start")
+        else datetime(first.year, first.month, first.day, tzinfo=tz)
+    )
     tomorrow = today + timedelta(days=1)
-    end = _parse_bound(params["end"], "end", viewer.tenant) if params.get("end") else datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=tz)
+    end = (
+        _parse_bound(params["end"], "end", viewer.tenant)
+        if params.get("end")
+        else datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=tz)
+    )
     if end <= start:
         raise ValidationError({"end": ["must be after start."]})
     if end - start > timedelta(days=800):
@@ -102,9 +113,18 @@ def _report_error(exc: rollups.ReportError) -> ValidationError:
     return ValidationError({exc.field: [exc.message]})
 
 
-def _paginate(view: APIView, request: Request, rows: list[dict[str, Any]], extra: dict[str, Any]) -> Response:
+def _paginate(
+    view: APIView,
+    request: Request,
+    rows: list[dict[str, Any]],
+    extra: dict[str, Any],
+    format_row: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> Response:
+    """One page of `rows`; `format_row` is applied to that page only (5,000 users, 100 shown)."""
     paginator = LimitOffsetPagination()
     page = paginator.paginate_queryset(rows, request, view=view)
+    if format_row is not None:
+        page = [format_row(row) for row in page]
     response = paginator.get_paginated_response(page)
     response.data.update(extra)
     return response
@@ -116,7 +136,11 @@ def _money(row: dict[str, Any]) -> dict[str, Any]:
 
 
 COMMON_PARAMETERS = [
-    OpenApiParameter("start", OpenApiTypes.STR, description="Date (YYYY-MM-DD, local midnight in the tenant's time zone) or ISO datetime. Default: first day of this month."),
+    OpenApiParameter(
+        "start",
+        OpenApiTypes.STR,
+        description="Date (YYYY-MM-DD, local midnight in the tenant's time zone) or ISO datetime. Default: first day of this month.",
+    ),
     OpenApiParameter("end", OpenApiTypes.STR, description="Exclusive; date or ISO datetime. Default: tomorrow."),
     OpenApiParameter("department", OpenApiTypes.STR, description="Department code."),
     OpenApiParameter("provider", OpenApiTypes.STR),
@@ -164,22 +188,30 @@ class SpendView(APIView):
         summary="Spend from rollups",
         parameters=[
             *COMMON_PARAMETERS,
-            OpenApiParameter("group_by", OpenApiTypes.STR, description="department, user, provider, model, feature or tag:NAME (NAME one of the rolled-up tag keys)."),
+            OpenApiParameter(
+                "group_by",
+                OpenApiTypes.STR,
+                description="department, user, provider, model, feature or tag:NAME (NAME one of the rolled-up tag keys).",
+            ),
             OpenApiParameter("interval", OpenApiTypes.STR, enum=list(rollups.INTERVALS)),
             OpenApiParameter("feature", OpenApiTypes.STR),
         ],
-        responses={200: _page_of("SpendPage", SPEND_ROW, start=serializers.DateTimeField(), end=serializers.DateTimeField())},
+        responses={
+            200: _page_of("SpendPage", SPEND_ROW, start=serializers.DateTimeField(), end=serializers.DateTimeField())
+        },
     )
     def get(self, request: Request) -> Response:
         viewer = viewer_of(request)
         query = parse_report_query(request, viewer)
         try:
             rows = rollups.spend(
-                query=query, group_by=request.query_params.get("group_by") or None, interval=request.query_params.get("interval") or None
+                query=query,
+                group_by=request.query_params.get("group_by") or None,
+                interval=request.query_params.get("interval") or None,
             )
         except rollups.ReportError as exc:
             raise _report_error(exc) from exc
-        return _paginate(self, request, [_money(r) for r in rows], {"start": query.start.isoformat(), "end": query.end.isoformat()})
+        return _paginate(self, request, rows, {"start": query.start.isoformat(), "end": query.end.isoformat()}, _money)
 
 
 LATENCY_ROW = inline_serializer(
@@ -201,7 +233,10 @@ class LatencyView(APIView):
         operation_id="latency",
         summary="Latency and TTFT percentiles and error rate from rollups",
         description=f"Percentiles come from a log-spaced histogram: within ±{rollups.MAX_RELATIVE_ERROR:.1%} of the exact value below 10 minutes.",
-        parameters=[*COMMON_PARAMETERS, OpenApiParameter("group_by", OpenApiTypes.STR, enum=list(rollups.LATENCY_GROUPS))],
+        parameters=[
+            *COMMON_PARAMETERS,
+            OpenApiParameter("group_by", OpenApiTypes.STR, enum=list(rollups.LATENCY_GROUPS)),
+        ],
         responses={200: _page_of("LatencyPage", LATENCY_ROW)},
     )
     def get(self, request: Request) -> Response:

@@ -30,7 +30,15 @@ class Command(BaseCommand):
         parser.add_argument("--end", help="UTC date or ISO datetime, exclusive (default: now).")
         parser.add_argument("--tenant", help="Tenant slug (default: every tenant).")
         parser.add_argument("--chunk-hours", type=int, default=24, help="Hours per transaction (default 24).")
-        parser.add_argument("--pending", action="store_true", help="Run one incremental pass from the watermark instead.")
+        parser.add_argument(
+            "--jobs",
+            type=int,
+            default=2,
+            help="Database sessions working at once on PostgreSQL (default 2; 1 = one chunk after another).",
+        )
+        parser.add_argument(
+            "--pending", action="store_true", help="Run one incremental pass from the watermark instead."
+        )
 
     def handle(self, *args, **options) -> None:
         tenant_id = None
@@ -50,6 +58,8 @@ class Command(BaseCommand):
             raise CommandError("--end must be after --start.")
         if options["chunk_hours"] < 1:
             raise CommandError("--chunk-hours must be at least 1.")
+        if options["jobs"] < 1:
+            raise CommandError("--jobs must be at least 1.")
         started = timezone.now()
         result = rollups.rebuild(
             start=start,
@@ -57,6 +67,9 @@ class Command(BaseCommand):
             tenant_id=tenant_id,
             chunk=timedelta(hours=options["chunk_hours"]),
             progress=self.stdout.write,
+            jobs=options["jobs"],
         )
         seconds = (timezone.now() - started).total_seconds()
-        self.stdout.write(self.style.SUCCESS(f"Rolled up {result.hours} hours ({result.days} tenant-days) in {seconds:.1f} s."))
+        self.stdout.write(
+            self.style.SUCCESS(f"Rolled up {result.hours} hours ({result.days} tenant-days) in {seconds:.1f} s.")
+        )
