@@ -83,6 +83,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # PostgreSQL's default random_page_cost (4.0) prices a random read as on a spinning disk: with
+    # fresh statistics the planner then seq-scans the whole 160-column hourly rollup table for a
+    # week of hours instead of walking its key index (measured on the 10M-event benchmark: 101 ms
+    # against 64 ms). 1.1 is the usual value for SSD storage; set the variable empty to keep the
+    # server's own setting.
+    _page_cost = env.str("LLMOBS_PG_RANDOM_PAGE_COST", default="1.1")
+    if _page_cost:
+        _options = DATABASES["default"].setdefault("OPTIONS", {})
+        _options["options"] = f"{_options.get('options', '')} -c random_page_cost={float(_page_cost)}".strip()
 # SQLite cannot enforce "NULLS NOT DISTINCT" on the catalogue's unique key; there the
 # load_prices upsert is what keeps catalogue rows unique.
 SILENCED_SYSTEM_CHECKS = ["models.W047"]
