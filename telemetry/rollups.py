@@ -1052,12 +1052,15 @@ def latency_percentiles(*, query: ReportQuery, group_by: str | None = None) -> l
     codes = dict(Department.objects.filter(tenant=query.tenant).values_list("pk", "code"))
     out = []
     # Integer sums only, so SQL sums are exact on both databases.
-    aggregates = {f"_{m}": Sum(m) for m in measures}
-    if group_field:
-        grouped = list(qs.values(group_field).annotate(**aggregates).order_by())
+    if connection.vendor == "postgresql":
+        grouped = _histogram_sums(qs, group_field, measures)
     else:
-        total = qs.order_by().aggregate(**aggregates)
-        grouped = [total] if total["_requests"] else []
+        aggregates = {f"_{m}": Sum(m) for m in measures}
+        if group_field:
+            grouped = list(qs.values(group_field).annotate(**aggregates).order_by())
+        else:
+            total = qs.order_by().aggregate(**aggregates)
+            grouped = [total] if total["_requests"] else []
     for row in grouped:
         latency = [int(row[f"_{f}"] or 0) for f in LATENCY_FIELDS]
         ttft = [int(row[f"_{f}"] or 0) for f in TTFT_FIELDS]
@@ -1078,6 +1081,22 @@ def latency_percentiles(*, query: ReportQuery, group_by: str | None = None) -> l
         out.append(item)
     out.sort(key=lambda r: (-r["requests"], str(r["group"])))
     return out
+
+
+def _histogram_sums(qs, group_field: str | None, measures: Sequence[str]) -> list[dict[str, Any]]:
+    """`SUM` of ~150 columns per group, in SQL written around the queryset's own SELECT: Django
+    resolves 150 aggregate annotations one by one (~20 ms a request, a third of the latency
+    endpoint's time), while selecting 150 plain columns compiles in well under a millisecond."""
+    columns = [group_field] if group_field else []
+    inner, params = qs.values(*columns, *measures).order_by().query.sql_with_params()
+    sums = ", ".join(f'sum(s."{m}")' for m in measures)
+    select = f's."{group_field}", {sums}' if group_field else sums
+    grouping = f' GROUP BY s."{group_field}"' if group_field else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {select} FROM ({inner}) s{grouping}", params)  # noqa: S608
+        names = [*columns, *(f"_{m}" for m in measures)]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return [row for row in rows if row["_requests"]]
 
 
 def hourly_series(

@@ -20,7 +20,9 @@ RANGE = {"start": "2025-03-01", "end": "2025-04-01"}
 
 def key_for(tenant, department=None) -> str:
     raw, prefix = ApiKey.generate()
-    ApiKey.objects.create(tenant=tenant, name="k", prefix=prefix, key_hash=ApiKey.hash_token(raw), department=department)
+    ApiKey.objects.create(
+        tenant=tenant, name="k", prefix=prefix, key_hash=ApiKey.hash_token(raw), department=department
+    )
     return raw
 
 
@@ -38,12 +40,41 @@ def client_for(user) -> APIClient:
 
 @pytest.fixture
 def usage(acme, research_dept, sales_dept, other_tenant, other_dept):
-    make_usage_event(tenant=acme, department=research_dept, occurred_at=T0, model="gpt-4o", cost=Decimal("1.1000000001"),
-                     user_ref="ann", feature="chat", tags={"env": "prod"}, latency_ms=100, ttft_ms=40)
-    make_usage_event(tenant=acme, department=research_dept, occurred_at=T0 + timedelta(days=1), model="gpt-4o",
-                     cost=Decimal("2"), user_ref="bob", feature="search", tags={"env": "dev"}, latency_ms=1000, status="error")
-    make_usage_event(tenant=acme, department=sales_dept, occurred_at=T0, model="claude", provider="anthropic",
-                     cost=Decimal("5"), user_ref="cy", feature="chat", latency_ms=400)
+    make_usage_event(
+        tenant=acme,
+        department=research_dept,
+        occurred_at=T0,
+        model="gpt-4o",
+        cost=Decimal("1.1000000001"),
+        user_ref="ann",
+        feature="chat",
+        tags={"env": "prod"},
+        latency_ms=100,
+        ttft_ms=40,
+    )
+    make_usage_event(
+        tenant=acme,
+        department=research_dept,
+        occurred_at=T0 + timedelta(days=1),
+        model="gpt-4o",
+        cost=Decimal("2"),
+        user_ref="bob",
+        feature="search",
+        tags={"env": "dev"},
+        latency_ms=1000,
+        status="error",
+    )
+    make_usage_event(
+        tenant=acme,
+        department=sales_dept,
+        occurred_at=T0,
+        model="claude",
+        provider="anthropic",
+        cost=Decimal("5"),
+        user_ref="cy",
+        feature="chat",
+        latency_ms=400,
+    )
     make_usage_event(tenant=other_tenant, department=other_dept, occurred_at=T0, cost=Decimal("100"))  # fmt: skip
     rollups.roll_up_pending()
     rollups.roll_up_dimensions_pending()
@@ -74,7 +105,11 @@ def test_spend_by_month_model_and_filters(usage, finance_user):
 def test_spend_by_user_feature_and_tag_comes_from_the_dimension_rollup(usage, finance_user):
     client = client_for(finance_user)
     users = client.get("/api/v1/spend", {**RANGE, "group_by": "user"}).json()["results"]
-    assert [(r["group"], r["cost"]) for r in users] == [("cy", "5.0000000000"), ("bob", "2.0000000000"), ("ann", "1.1000000001")]
+    assert [(r["group"], r["cost"]) for r in users] == [
+        ("cy", "5.0000000000"),
+        ("bob", "2.0000000000"),
+        ("ann", "1.1000000001"),
+    ]
     tags = client.get("/api/v1/spend", {**RANGE, "group_by": "tag:env"}).json()["results"]
     assert [(r["group"], r["cost"]) for r in tags] == [("dev", "2.0000000000"), ("prod", "1.1000000001")]
     chat = client.get("/api/v1/spend", {**RANGE, "feature": "chat"}).json()["results"]
@@ -85,7 +120,9 @@ def test_hourly_spend_is_in_local_time(usage, finance_user):
     response = client_for(finance_user).get(
         "/api/v1/spend", {"start": "2025-03-10T00:00:00Z", "end": "2025-03-10T12:00:00Z", "interval": "hour"}
     )
-    assert [(r["period"], r["cost"]) for r in response.json()["results"]] == [("2025-03-10T10:00:00+01:00", "6.1000000001")]
+    assert [(r["period"], r["cost"]) for r in response.json()["results"]] == [
+        ("2025-03-10T10:00:00+01:00", "6.1000000001")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -129,6 +166,16 @@ def test_latency_percentiles_and_error_rate_by_model(usage, finance_user):
     assert abs(gpt["latency_p50_ms"] - 100) <= 100 * rollups.MAX_RELATIVE_ERROR
     assert abs(gpt["latency_p99_ms"] - 1000) <= 1000 * rollups.MAX_RELATIVE_ERROR
     assert abs(gpt["ttft_p50_ms"] - 40) <= 40 * rollups.MAX_RELATIVE_ERROR
+
+
+def test_latency_by_department_names_departments_and_keeps_tenants_apart(usage, finance_user):
+    rows = client_for(finance_user).get("/api/v1/latency", {**RANGE, "group_by": "department"}).json()["results"]
+    by_code = {r["group"]: r for r in rows}
+    assert set(by_code) == {"research", "sales"}  # the other tenant's department never appears
+    assert (by_code["research"]["requests"], by_code["research"]["errors"]) == (2, 1)
+    assert by_code["sales"]["requests"] == 1 and by_code["sales"]["ttft_p50_ms"] is None
+    assert abs(by_code["sales"]["latency_p50_ms"] - 400) <= 400 * rollups.MAX_RELATIVE_ERROR
+    assert by_code["research"]["latency_mean_ms"] == 550.0
 
 
 def test_a_manager_sees_only_their_department(usage, manager_user):
