@@ -306,18 +306,27 @@ class DailyRollup(RollupMeasures, LatencyMeasures):
         return f"{self.day} {self.provider}/{self.model} {self.requests} req"
 
 
-class DimensionRollup(RollupMeasures):
-    """Daily spend per high-cardinality dimension: user, feature, or one configured tag key.
-
-    Kept apart from the hourly table so per-user cardinality never multiplies the hourly rows
-    (and their histograms). `dimension` is 'user', 'feature' or 'tag:<key>'."""
+class DimensionKey(RollupMeasures):
+    """The key of a per-dimension rollup besides its period: `dimension` is 'user', 'feature' or
+    'tag:<key>', `value` that user, feature or tag value."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
-    day = models.DateField(help_text="Calendar day in the tenant's time zone.")
     department_id = models.BigIntegerField(default=0)
     dimension = models.CharField(max_length=72)
     value = models.CharField(max_length=255)
     currency = models.CharField(max_length=3)
+
+    class Meta:
+        abstract = True
+
+
+class DimensionRollup(DimensionKey):
+    """Daily spend per high-cardinality dimension: user, feature, or one configured tag key.
+
+    Kept apart from the hourly table so per-user cardinality never multiplies the hourly rows
+    (and their histograms)."""
+
+    day = models.DateField(help_text="Calendar day in the tenant's time zone.")
 
     class Meta:
         constraints = [
@@ -337,19 +346,14 @@ class DimensionRollup(RollupMeasures):
         return f"{self.day} {self.dimension}={self.value} {self.requests} req"
 
 
-class MonthlyDimensionRollup(RollupMeasures):
+class MonthlyDimensionRollup(DimensionKey):
     """The per-dimension daily rows summed over a calendar month of the tenant's time zone.
 
     A month-wide "spend by user" reads one row per user and department instead of one per user,
     department and day (5,000 users: ~5k rows instead of ~155k). Recomputed from
     `DimensionRollup` whenever one of its days is; never read for per-day intervals."""
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
     month = models.DateField(help_text="First day of the month in the tenant's time zone.")
-    department_id = models.BigIntegerField(default=0)
-    dimension = models.CharField(max_length=72)
-    value = models.CharField(max_length=255)
-    currency = models.CharField(max_length=3)
 
     class Meta:
         constraints = [
