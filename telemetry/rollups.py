@@ -41,6 +41,7 @@ from telemetry.models import (
     RollupWatermark,
     UsageEvent,
 )
+from telemetry.partitions import add_months
 
 HOURLY_STREAM = "hourly"
 DIMENSION_STREAM = "dimensions"
@@ -234,7 +235,12 @@ def rebuild(
         end += HOUR
     tenant_ids = [tenant_id] if tenant_id else list(Tenant.objects.values_list("pk", flat=True))
     zones = _tenant_zones(tenant_ids)
-    result = _rebuild(start, end, tenant_ids, zones, chunk=chunk, progress=progress, jobs=jobs)
+    # Other sessions cannot see a caller's uncommitted rows (nor take a lock its transaction
+    # holds), so inside a transaction the rebuild stays on this one session.
+    if jobs > 1 and connection.vendor == "postgresql" and not connection.in_atomic_block:
+        result = _rebuild_parallel(start, end, tenant_ids, zones, chunk=chunk, progress=progress, jobs=jobs)
+    else:
+        result = _rebuild_sequential(start, end, tenant_ids, zones, chunk=chunk, progress=progress)
     if connection.vendor == "postgresql":
         # A rebuild replaces rows by the hundred thousand; without fresh statistics the planner
         # took a month of daily rows for one row and sorted them on disk (45 ms → 14 ms for the
@@ -252,7 +258,7 @@ def rebuild(
     return result
 
 
-def _rebuild(
+def _rebuild_sequential(
     start: datetime,
     end: datetime,
     tenant_ids: Sequence[int],
@@ -260,12 +266,9 @@ def _rebuild(
     *,
     chunk: timedelta,
     progress: Callable[[str], None] | None,
-    jobs: int,
 ) -> RollupResult:
-    # Other sessions cannot see a caller's uncommitted rows (nor take a lock its transaction
-    # holds), so inside a transaction the rebuild stays on this one session.
-    if jobs > 1 and connection.vendor == "postgresql" and not connection.in_atomic_block:
-        return _rebuild_parallel(start, end, tenant_ids, zones, chunk=chunk, progress=progress, jobs=jobs)
+    """One chunk per transaction, in time order: daily and per-dimension rows of a local day
+    once its last hour is in, a month's rows once its last day is."""
     result = RollupResult(tenants=set(tenant_ids))
     cursor_at = start
     done: set[tuple[int, date]] = set()
@@ -416,13 +419,21 @@ def _run_parallel(jobs: int, tasks: Sequence[Callable[[], str]], progress: Calla
 # markers); every value is a bound parameter.
 # PostgreSQL: the scalar aggregates of the hourly rollup, over `e` (raw rows with lb/tb, their
 # latency and TTFT bucket numbers).
-def _hourly_scalars_sql() -> str:
-    parts = [
+def _additive_sql() -> list[str]:
+    """The ADDITIVE measures (requests, errors, unpriced, tokens, cost) as aggregates over `e`,
+    raw rows: the same for the hourly and the per-dimension rollups."""
+    return [
         "count(*)",
         "count(*) FILTER (WHERE e.status <> 'ok')",
         "count(*) - count(e.cost)",
         *(f"COALESCE(sum(e.{f}), 0)" for f in COUNT_FIELDS[3:]),
         "COALESCE(sum(e.cost), 0)",
+    ]
+
+
+def _hourly_scalars_sql() -> str:
+    parts = [
+        *_additive_sql(),
         "count(e.latency_ms)",
         "COALESCE(sum(e.latency_ms), 0)",
         "count(e.ttft_ms)",
@@ -626,13 +637,7 @@ def _recompute_dimension_days(days: Sequence[tuple[int, date]]) -> None:
             f", CASE WHEN r.tags ? %s::text THEN left(COALESCE(r.tags ->> %s::text, ''), 255) END AS t{i}"
             for i in range(len(keys))
         )
-        aggregates = [
-            "count(*)",
-            "count(*) FILTER (WHERE e.status <> 'ok')",
-            "count(*) - count(e.cost)",
-            *(f"COALESCE(sum(e.{f}), 0)" for f in COUNT_FIELDS[3:]),
-            "COALESCE(sum(e.cost), 0)",
-        ]
+        aggregates = _additive_sql()
         measures = ", ".join(f"{m} AS m{i}" for i, m in enumerate(aggregates))
         outer = ", ".join(f"s.m{i}" for i in range(len(aggregates)))
         select = f"""
@@ -690,13 +695,9 @@ def _months_of_days(days: Iterable[tuple[int, date]]) -> set[tuple[int, date]]:
     return {(t, d.replace(day=1)) for t, d in days}
 
 
-def _next_month(month: date) -> date:
-    return (month.replace(day=28) + timedelta(days=4)).replace(day=1)
-
-
 def _month_complete(month: tuple[int, date], done: set[tuple[int, date]]) -> bool:
     tenant_id, first = month
-    return (tenant_id, _next_month(first) - timedelta(days=1)) in done
+    return (tenant_id, add_months(first, 1) - timedelta(days=1)) in done
 
 
 def recompute_dimension_months(months: Sequence[tuple[int, date]]) -> None:
@@ -705,7 +706,7 @@ def recompute_dimension_months(months: Sequence[tuple[int, date]]) -> None:
         return
     table = MonthlyDimensionRollup._meta.db_table
     if connection.vendor == "postgresql":
-        rows = [(t, m, _next_month(m)) for t, m in months]
+        rows = [(t, m, add_months(m, 1)) for t, m in months]
         values, params = _values_list_sql(rows, ("bigint", "date", "date"))
         with connection.cursor() as cursor:
             cursor.execute(
@@ -723,12 +724,12 @@ GROUP BY 1, 2, 3, 4, 5, 6"""  # noqa: S608
         return
     for tenant_id, month in months:
         MonthlyDimensionRollup.objects.filter(tenant_id=tenant_id, month=month).delete()
-        daily = DimensionRollup.objects.filter(tenant_id=tenant_id, day__gte=month, day__lt=_next_month(month))
+        daily = DimensionRollup.objects.filter(tenant_id=tenant_id, day__gte=month, day__lt=add_months(month, 1))
         keys = ("department_id", "dimension", "value", "currency")
         MonthlyDimensionRollup.objects.bulk_create(
             [
-                MonthlyDimensionRollup(tenant_id=tenant_id, month=month, **_clean(row, DIMENSION_MEASURES))
-                for row in sum_rows(daily, keys, DIMENSION_MEASURES)
+                MonthlyDimensionRollup(tenant_id=tenant_id, month=month, **row)
+                for row in summed(daily, keys, DIMENSION_MEASURES)
             ],
             batch_size=500,
         )
@@ -773,10 +774,7 @@ def summed(queryset, keys: Sequence[str], measures: Sequence[str]) -> list[dict[
         return [_clean(row, measures) for row in sum_rows(queryset, keys, measures)]
     sums = {f"_{m}": Sum(m) if m == "cost" else Cast(Sum(m), BigIntegerField()) for m in measures}
     sql, params = queryset.values(*keys).annotate(**sums).order_by().query.sql_with_params()
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        names = [column.name.removeprefix("_") for column in cursor.description]
-        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    rows = _fetch_dicts(sql, params, [*keys, *measures])  # values() first, then annotations
     for row in rows:
         for m in measures:
             if row[m] is None:
@@ -786,16 +784,11 @@ def summed(queryset, keys: Sequence[str], measures: Sequence[str]) -> list[dict[
 
 def _clean(row: dict[str, Any], measures: Sequence[str]) -> dict[str, Any]:
     """A `sum_rows` row with its sums under their own names: cost a Decimal, counts ints, 0 for
-    an empty sum. (Called once per rolled-up group, 5,000 times for a month of users.)"""
-    out = {k: v for k, v in row.items() if k[0] != "_"}
+    an empty sum."""
+    out = {k: v for k, v in row.items() if not k.startswith("_")}
     for m in measures:
-        value = row["_" + m]
-        if value is None:
-            out[m] = 0
-        elif m == "cost":
-            out[m] = value if isinstance(value, Decimal) else Decimal(value)
-        else:
-            out[m] = value if type(value) is int else int(value)
+        value = row[f"_{m}"]
+        out[m] = (Decimal(value) if m == "cost" else int(value)) if value is not None else 0
     return out
 
 
@@ -961,7 +954,7 @@ def _dimension_sources(query: ReportQuery, dimension: str | None) -> list[tuple[
     days before and after them (daily rows): the same sums, from far fewer rows."""
     tz = query.tenant.tz
     first, last = query.start.astimezone(tz).date(), query.end.astimezone(tz).date()
-    month_lo = first if first.day == 1 else _next_month(first)
+    month_lo = first if first.day == 1 else add_months(first.replace(day=1), 1)
     month_hi = last.replace(day=1)
     where = _dimension_where(query, dimension)
     if month_lo >= month_hi:
@@ -1092,11 +1085,15 @@ def _histogram_sums(qs, group_field: str | None, measures: Sequence[str]) -> lis
     sums = ", ".join(f'sum(s."{m}")' for m in measures)
     select = f's."{group_field}", {sums}' if group_field else sums
     grouping = f' GROUP BY s."{group_field}"' if group_field else ""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {select} FROM ({inner}) s{grouping}", params)  # noqa: S608
-        names = [*columns, *(f"_{m}" for m in measures)]
-        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    rows = _fetch_dicts(f"SELECT {select} FROM ({inner}) s{grouping}", params, [*columns, *(f"_{m}" for m in measures)])  # noqa: S608
     return [row for row in rows if row["_requests"]]
+
+
+def _fetch_dicts(sql: str, params: Sequence[Any], names: Sequence[str]) -> list[dict[str, Any]]:
+    """Run `sql` on a plain cursor; each row as a dict under `names` (one per selected column)."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def hourly_series(
