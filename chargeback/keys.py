@@ -99,4 +99,11 @@ def revoke_api_key(*, key: ApiKey, actor: audit.Actor = None) -> bool:
                 changes=audit.diff({"revoked_at": None}, {"revoked_at": now}),
             )
     key.revoked_at = now if revoked else ApiKey.objects.values_list("revoked_at", flat=True).get(pk=key.pk)
+    if revoked:
+        # Ingest remembers keys it authenticated for a second (telemetry.ingest.SENDER_MAX_AGE_S);
+        # this process forgets them at once, the others within that second.
+        from telemetry import ingest
+
+        ingest.forget_senders()
+        transaction.on_commit(ingest.forget_senders)  # a request may have remembered it meanwhile
     return revoked

@@ -56,7 +56,7 @@ CODES = {
 DATABASE_RETRY_AFTER_SECONDS = 5
 
 
-def _database_gone_errors() -> tuple[type[Exception], ...]:
+def database_gone_errors() -> tuple[type[Exception], ...]:
     # Django wraps driver errors raised through its cursors; COPY goes through psycopg directly.
     try:
         import psycopg
@@ -66,7 +66,7 @@ def _database_gone_errors() -> tuple[type[Exception], ...]:
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
-    if isinstance(exc, _database_gone_errors()):
+    if isinstance(exc, database_gone_errors()):
         # The database went away (restart, failover, a killed backend): nothing of the request
         # was committed (every write is one transaction), so the client may resend it as is;
         # event ids make a resend safe. Say so, instead of a generic 500.

@@ -304,6 +304,10 @@ LLMOBS_DEFAULT_GPU_SECOND_RATE = env.str("LLMOBS_DEFAULT_GPU_SECOND_RATE", defau
 # Largest ingest request body (JSON batch or OTLP export, after gzip), bytes; bounded by
 # DATA_UPLOAD_MAX_MEMORY_SIZE. Larger requests get 413.
 LLMOBS_INGEST_MAX_BODY_BYTES = env.int("LLMOBS_INGEST_MAX_BODY_BYTES", default=10 * 1024 * 1024)
+# Small ingest writes (single events) of concurrent requests share one statement and one commit
+# through a per-process writer thread (telemetry/groupcommit.py); a request is answered after
+# its commit. Pays off under a threaded server (the Procfile's gthread); PostgreSQL only.
+LLMOBS_INGEST_GROUP_COMMIT = IS_POSTGRES and env.bool("LLMOBS_INGEST_GROUP_COMMIT", default=True)
 
 # Chargeback invoicing (docs/INVOICING.md). A month is drafted only once its last local midnight
 # is this many days past, so late events land on the right invoice rather than as adjustments.

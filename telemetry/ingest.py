@@ -26,13 +26,14 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
 import orjson
+from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 from psycopg import errors as psycopg_errors
 
 from chargeback.pricing import PriceBook, get_price_book, price_usage
 from chargeback.usage import Usage, UsageError
-from telemetry import metrics, partitions, retention
+from telemetry import groupcommit, metrics, partitions, retention
 from telemetry.models import UsageEvent
 
 MAX_EVENTS_PER_BATCH = 5000
@@ -847,6 +848,19 @@ def _sender_sql() -> str:
     )
 
 
+# Senders found in the last SENDER_MAX_AGE_S seconds, by token digest: most ingest requests
+# then cost no authentication query (one database round trip of the four a single event paid).
+# A revoked or changed key is refused everywhere within that time, and at once in the process
+# that revoked it (`forget_senders`). Unknown tokens are not remembered: always looked up.
+SENDER_MAX_AGE_S = 1.0
+_SENDER_CACHE_SIZE = 10_000
+_senders: dict[str, tuple[float, Sender]] = {}
+
+
+def forget_senders() -> None:
+    _senders.clear()
+
+
 def find_sender(token: str) -> Sender | None:
     """The active API key for a raw token, or None (unknown, malformed or revoked)."""
     from chargeback.models import ApiKey
@@ -855,6 +869,23 @@ def find_sender(token: str) -> Sender | None:
     if prefix is None:
         return None
     digest = ApiKey.hash_token(token)
+    cached = _senders.get(digest)
+    clock = time.monotonic()
+    if cached is not None and clock - cached[0] < SENDER_MAX_AGE_S:
+        return cached[1]
+    sender = _lookup_sender(prefix, digest)
+    if sender is not None:
+        if len(_senders) >= _SENDER_CACHE_SIZE:
+            _senders.clear()
+        _senders[digest] = (clock, sender)
+    else:
+        _senders.pop(digest, None)
+    return sender
+
+
+def _lookup_sender(prefix: str, digest: str) -> Sender | None:
+    from chargeback.models import ApiKey
+
     with connection.cursor() as cursor:
         cursor.execute(_sender_sql(), [prefix])
         found = cursor.fetchall()
@@ -871,15 +902,12 @@ def find_sender(token: str) -> Sender | None:
     return None
 
 
-def record_batch(*, key: Any, items: Sequence[Any], source: str = UsageEvent.Source.INGEST) -> BatchResult:
-    """Validate, price and store a batch sent with API key `key` (an `ApiKey` or a `Sender`).
-    Valid events are written in one transaction even when others are rejected; a batch with no
-    valid event writes nothing."""
-    sender = Sender.of(key)
+def context_for(sender: Sender, items: Sequence[Any], *, source: str = UsageEvent.Source.INGEST) -> EventContext:
+    """What validating and pricing `items` sent with `sender` needs, looked up once per batch."""
     tenant_id = sender.tenant_id
     bound = sender.department_id is not None
     now = timezone.now()
-    context = EventContext(
+    return EventContext(
         tenant_id=tenant_id,
         source=source,
         book=get_price_book(tenant_id, max_age_s=PRICE_BOOK_MAX_AGE_S),
@@ -891,12 +919,19 @@ def record_batch(*, key: Any, items: Sequence[Any], source: str = UsageEvent.Sou
         bound_department=(sender.department_id, sender.department_code) if bound else None,
         default_user=sender.username,
     )
-    rows, rejected = validate_events(items, context=context)
+
+
+def record_batch(*, key: Any, items: Sequence[Any], source: str = UsageEvent.Source.INGEST) -> BatchResult:
+    """Validate, price and store a batch sent with API key `key` (an `ApiKey` or a `Sender`).
+    Valid events are written in one transaction even when others are rejected; a batch with no
+    valid event writes nothing."""
+    sender = Sender.of(key)
+    rows, rejected = validate_events(items, context=context_for(sender, items, source=source))
     if rejected:
         metrics.INGEST_EVENTS.labels(source, "rejected").inc(len(rejected))
     if not rows:
         return BatchResult(0, 0, rejected)
-    written = write_events(tenant=tenant_id, rows=rows)
+    written = write_events(tenant=sender.tenant_id, rows=rows)
     metrics.INGEST_EVENTS.labels(source, "accepted").inc(written.accepted)
     if written.duplicates:
         metrics.INGEST_EVENTS.labels(source, "duplicate").inc(written.duplicates)
@@ -944,16 +979,46 @@ def _value_casts() -> str:
     return "(" + ", ".join(f"%s::{t}" for t in types) + ")"
 
 
-@functools.lru_cache(maxsize=SMALL_BATCH)
-def _values_sql(count: int) -> str:
-    """A small batch in one statement (atomic by itself: no transaction block, one round trip)."""
+@functools.lru_cache(maxsize=groupcommit.MAX_GROUP_ROWS)
+def values_sql(count: int) -> str:
+    """A small batch in one statement (atomic by itself: no transaction block, one round trip).
+    Rows carry their own tenant (the group writer mixes tenants); the statement returns the
+    `(tenant_id, event_id)` of each event it stored."""
     columns = f"tenant_id, received_at, {_COLUMN_LIST}"
+    # `n` keeps the rows' order through the semi-join: ids follow it, so a gateway operation's
+    # attempts stay in sequence whatever join the planner picks.
     return (
         f"WITH v ({columns}) AS (VALUES {', '.join([_value_casts()] * count)}), "  # noqa: S608 - constants only
+        "o AS (SELECT v.*, row_number() OVER () AS n FROM v), "
         f"k AS (INSERT INTO {partitions.KEY_TABLE} (tenant_id, event_id) SELECT tenant_id, event_id FROM v "
-        'ORDER BY event_id COLLATE "C" ON CONFLICT DO NOTHING RETURNING event_id) '
-        f"INSERT INTO {TABLE} ({columns}) SELECT {columns} FROM v WHERE event_id IN (SELECT event_id FROM k)"
+        'ORDER BY tenant_id, event_id COLLATE "C" ON CONFLICT DO NOTHING RETURNING tenant_id, event_id) '
+        f"INSERT INTO {TABLE} ({columns}) SELECT {columns} FROM o "
+        "WHERE (tenant_id, event_id) IN (SELECT tenant_id, event_id FROM k) ORDER BY n RETURNING tenant_id, event_id"
     )
+
+
+def value_rows(tenant_id: int, rows: Sequence[EventRow]) -> list[tuple[Any, ...]]:
+    """`rows` as the parameters of `values_sql`: `(tenant_id, received_at, *columns)` each."""
+    now = timezone.now()
+    return [(tenant_id, now, *_json_tags(row)) for row in rows]
+
+
+def _insert_values(params: list[tuple[Any, ...]]) -> set[tuple[int, str]]:
+    """Rows of `(tenant_id, received_at, *columns)` in one statement; the pairs it stored."""
+    with connection.cursor() as cursor:
+        cursor.execute(values_sql(len(params)), [value for row in params for value in row])
+        return set(cursor.fetchall())
+
+
+def _group_key(params: tuple[Any, ...]) -> tuple[int, str]:
+    return params[0], params[2 + EVENT_ID_INDEX]
+
+
+_group = groupcommit.GroupCommitter(_insert_values, key=_group_key)
+
+
+def group_committer() -> groupcommit.GroupCommitter:
+    return _group
 
 
 def _dedupe(rows: Sequence[EventRow]) -> list[EventRow]:
@@ -1001,16 +1066,13 @@ def _write_postgresql(tenant_id: int, rows: list[EventRow]) -> int:
     # ids always wait on each other in the same order (no deadlock); the events themselves keep
     # the caller's order (their ids follow it: a gateway operation's attempts stay in sequence).
     if len(rows) <= SMALL_BATCH:
-        # One statement is atomic by itself: no transaction block, one round trip.
-        now = timezone.now()
-        params: list[Any] = []
-        for row in rows:
-            params.append(tenant_id)
-            params.append(now)
-            params.extend(_json_tags(row))
-        with connection.cursor() as cursor:
-            cursor.execute(_values_sql(len(rows)), params)
-            return cursor.rowcount
+        # One statement is atomic by itself: no transaction block, one round trip. Outside a
+        # caller's transaction it goes through this process's group writer, which shares the
+        # statement and its commit with the requests of the other threads (telemetry/groupcommit.py).
+        params = value_rows(tenant_id, rows)
+        if settings.LLMOBS_INGEST_GROUP_COMMIT and not connection.in_atomic_block:
+            return len(_group.submit(params))
+        return len(_insert_values(params))
     # Fast path: COPY the keys into the ledger, then the events straight into the table (bulk
     # heap and WAL writes, about a third cheaper than INSERT … SELECT). It is all-or-nothing: if
     # any id is already stored, or is committed by a concurrent request meanwhile, the ledger's

@@ -115,3 +115,24 @@ def _keep_raw_events_forever(settings):
     """Tests use fixed dates that age past LLMOBS_RAW_RETENTION_DAYS; the retention tests
     (tests/test_retention.py) set it explicitly."""
     settings.LLMOBS_RAW_RETENTION_DAYS = 0
+
+
+@pytest.fixture(autouse=True)
+def _stop_ingest_writer():
+    """Transactional tests on PostgreSQL write single events through the group-commit writer
+    thread (telemetry/groupcommit.py); stop it after each test so its database session does not
+    outlive the test (and the test database)."""
+    yield
+    from telemetry import ingest
+
+    ingest.group_committer().stop()
+
+
+@pytest.fixture(autouse=True)
+def _forget_ingest_senders():
+    """Ingest remembers authenticated keys for a second; tests change keys within that time."""
+    from telemetry import ingest
+
+    ingest.forget_senders()
+    yield
+    ingest.forget_senders()

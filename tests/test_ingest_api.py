@@ -12,6 +12,7 @@ import pytest
 from django.db import connection
 from django.db.models import Sum
 from django.test import override_settings
+from django.utils import timezone
 
 from chargeback.keys import create_api_key, revoke_api_key
 from telemetry import ingest
@@ -311,6 +312,37 @@ def test_revoked_key_is_401(client, key):
     response = post(client, token, event(2))
     assert response.status_code == 401
     assert UsageEvent.objects.count() == 1
+
+
+def test_a_known_key_is_remembered_for_a_second_and_a_change_elsewhere_applies_after_it(
+    client, key, monkeypatch, django_assert_num_queries
+):
+    from chargeback.models import ApiKey
+
+    api_key, token = key
+    clock = [1000.0]
+    monkeypatch.setattr(ingest.time, "monotonic", lambda: clock[0])
+    assert post(client, token, event(1)).status_code == 202
+    # Remembered: the second request costs no authentication query (only the write).
+    sender = ingest.find_sender(token)
+    with django_assert_num_queries(0):
+        assert ingest.find_sender(token) is sender
+    # Another process revokes the key (no signal reaches this one): refused once the second is up.
+    ApiKey.objects.filter(pk=api_key.pk).update(revoked_at=timezone.now())
+    clock[0] += ingest.SENDER_MAX_AGE_S * 0.9
+    assert post(client, token, event(2)).status_code == 202
+    clock[0] += ingest.SENDER_MAX_AGE_S * 0.2
+    assert post(client, token, event(3)).status_code == 401
+    assert UsageEvent.objects.count() == 2
+
+
+def test_unknown_tokens_are_looked_up_every_time(client, key, django_assert_num_queries):
+
+    _, token = key
+    wrong = token[:-4] + "0000"
+    for _ in range(2):
+        with django_assert_num_queries(1):
+            assert ingest.find_sender(wrong) is None
 
 
 def test_session_login_is_not_enough(client, admin_user_acme):

@@ -443,6 +443,7 @@ def main() -> None:
             "warning",
             "--backlog",
             "2048",
+            *(["--threads", str(args.threads)] if args.worker_class == "gthread" else []),
         ],
         cwd=ROOT,
         env=env,
