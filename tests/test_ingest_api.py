@@ -336,6 +336,15 @@ def test_a_known_key_is_remembered_for_a_second_and_a_change_elsewhere_applies_a
     assert UsageEvent.objects.count() == 2
 
 
+@pytest.mark.parametrize("accept", ["text/html", "application/xml", "*/*"])
+def test_answers_are_json_whatever_the_accept_header(client, token, accept):
+    ok = post(client, token, event(1), HTTP_ACCEPT=accept)
+    refused = post(client, "llmo_deadbeef_nope", event(2), HTTP_ACCEPT=accept)
+    assert (ok.status_code, ok["Content-Type"], ok.json()["accepted"]) == (202, "application/json", 1)
+    assert (refused.status_code, refused["Content-Type"]) == (401, "application/json")
+    assert refused.json()["error"]["code"] == "unauthenticated"
+
+
 def test_unknown_tokens_are_looked_up_every_time(client, key, django_assert_num_queries):
 
     _, token = key
