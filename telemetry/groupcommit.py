@@ -93,12 +93,17 @@ class GroupCommitter:
             self._queue.put(None)
             thread.join(timeout=WAIT_SECONDS)
 
+    def _running(self) -> bool:
+        return self._thread is not None and self._pid == os.getpid() and self._thread.is_alive()
+
     def _ensure_started(self) -> None:
-        if self._thread is not None and self._pid == os.getpid():
+        if self._running():
             return
         with self._lock:
-            if self._thread is None or self._pid != os.getpid():
-                # After a fork the parent's thread does not exist here, and neither do its jobs.
+            if not self._running():
+                # After a fork the parent's thread does not exist here, and neither do its jobs;
+                # a writer that died (it should not: every failure is handed to its requests)
+                # is replaced rather than left to time every request out.
                 self._queue = queue.SimpleQueue()
                 self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._run, name="llmobs-ingest-writer", daemon=True)

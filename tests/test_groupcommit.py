@@ -206,3 +206,17 @@ def test_the_writer_restarts_after_stop_and_inside_a_transaction_is_not_used(key
     assert ingest.write_events(tenant=acme, rows=rows).accepted == 1
     assert committer.jobs == jobs + 1
     assert [e for e, _ in stored(acme)] == ["x1", "x2", "x3"]
+
+
+def test_a_dead_writer_is_replaced_instead_of_timing_requests_out(keys, acme):
+    key_a, _ = keys
+    committer = groupcommit.GroupCommitter(ingest._insert_values, key=ingest._group_key)
+    assert committer.submit(params(key_a, event("first"))) == {(acme.pk, "first")}
+    dead = committer._thread
+    committer._queue.put(None)  # the writer exits as if it had died
+    dead.join(10)
+    assert not dead.is_alive()
+
+    assert committer.submit(params(key_a, event("second"))) == {(acme.pk, "second")}
+    assert committer._thread is not dead
+    committer.stop()
