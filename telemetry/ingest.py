@@ -998,20 +998,28 @@ def values_sql(count: int) -> str:
 
 
 def value_rows(tenant_id: int, rows: Sequence[EventRow]) -> list[tuple[Any, ...]]:
-    """`rows` as the parameters of `values_sql`: `(tenant_id, received_at, *columns)` each."""
+    """`rows` as `(tenant_id, *columns)` tuples for `_insert_values`."""
+    return [(tenant_id, *_json_tags(row)) for row in rows]
+
+
+def _insert_values(rows: list[tuple[Any, ...]]) -> set[tuple[int, str]]:
+    """`(tenant_id, *columns)` rows in one statement; the `(tenant_id, event_id)` it stored.
+    `received_at` is stamped here, just before the commit, not when a request handed its rows to
+    the group writer: the incremental rollup re-reads only SAFETY_LAG behind its watermark, so
+    a row must not commit long after its stamp."""
     now = timezone.now()
-    return [(tenant_id, now, *_json_tags(row)) for row in rows]
-
-
-def _insert_values(params: list[tuple[Any, ...]]) -> set[tuple[int, str]]:
-    """Rows of `(tenant_id, received_at, *columns)` in one statement; the pairs it stored."""
+    params: list[Any] = []
+    for row in rows:
+        params.append(row[0])
+        params.append(now)
+        params.extend(row[1:])
     with connection.cursor() as cursor:
-        cursor.execute(values_sql(len(params)), [value for row in params for value in row])
+        cursor.execute(values_sql(len(rows)), params)
         return set(cursor.fetchall())
 
 
-def _group_key(params: tuple[Any, ...]) -> tuple[int, str]:
-    return params[0], params[2 + EVENT_ID_INDEX]
+def _group_key(row: tuple[Any, ...]) -> tuple[int, str]:
+    return row[0], row[1 + EVENT_ID_INDEX]
 
 
 _group = groupcommit.GroupCommitter(_insert_values, key=_group_key)

@@ -10,6 +10,7 @@ import time
 import pytest
 from django.db import DataError, OperationalError, connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from chargeback.keys import create_api_key
 from telemetry import groupcommit, ingest
@@ -90,7 +91,7 @@ def test_a_bad_row_fails_only_its_own_request(keys, acme):
     key_a, _ = keys
     good = params(key_a, event("good"))
     bad = params(key_a, event("bad"))
-    user = ingest.COLUMNS.index("user_ref") + 2
+    user = ingest.COLUMNS.index("user_ref") + 1
     bad[0] = (*bad[0][:user], "x" * 300, *bad[0][user + 1 :])  # over the column's 255: refused, not cut
     jobs = [groupcommit._Job(good), groupcommit._Job(bad)]
     committer = groupcommit.GroupCommitter(ingest._insert_values, key=ingest._group_key)
@@ -133,6 +134,7 @@ def test_requests_waiting_on_a_busy_writer_share_the_next_statement(keys, acme):
     deadline = time.monotonic() + 10
     while committer._queue.qsize() < 11 and time.monotonic() < deadline:
         time.sleep(0.005)
+    opened = timezone.now()
     gate.set()
     for thread in threads:
         thread.join(10)
@@ -145,6 +147,9 @@ def test_requests_waiting_on_a_busy_writer_share_the_next_statement(keys, acme):
     assert all(results[n] == {(acme.pk, f"e{n}")} for n in range(1, 12))
     assert UsageEvent.objects.filter(tenant=acme).count() == 13
     assert (committer.groups, committer.jobs) == (2, 12)
+    # Stamped when written, not when handed over: the rollup's rescan window is measured from it.
+    waited = UsageEvent.objects.filter(tenant=acme, event_id__in=[f"e{n}" for n in range(1, 12)])
+    assert min(waited.values_list("received_at", flat=True)) >= opened
 
 
 def test_a_lost_database_fails_every_waiting_request_with_a_retryable_503(keys, acme, client, monkeypatch):
