@@ -183,6 +183,23 @@ def test_dimension_rollup_sums_users_features_and_configured_tags(acme, research
     assert not DimensionRollup.objects.filter(dimension="tag:region").exists()  # not a configured key
 
 
+@pytest.mark.parametrize("keys", [(), ("env",)])
+def test_dimension_rollup_with_no_or_one_configured_tag_key(acme, research_dept, settings, keys):
+    # The statement is assembled per configured key: with none, only users and features.
+    settings.LLMOBS_ROLLUP_TAG_KEYS = keys
+    events = random_events(tenant=acme, departments=[research_dept], n=100, seed=3)
+    rollups.roll_up_dimensions_pending()
+    assert set(DimensionRollup.objects.values_list("dimension", flat=True)) == {
+        "user",
+        "feature",
+        *(f"tag:{k}" for k in keys),
+    }
+    for dimension in ("user", "feature"):
+        rows = DimensionRollup.objects.filter(dimension=dimension)
+        assert sum(rows.values_list("requests", flat=True)) == len(events)
+        assert sum(rows.values_list("cost", flat=True)) == sum(e.cost or 0 for e in events)
+
+
 def test_rerunning_the_rollup_changes_nothing(acme, research_dept):
     random_events(tenant=acme, departments=[research_dept], n=200)
     rollups.roll_up_pending()
