@@ -58,9 +58,9 @@ Writer = Callable[[list[tuple[Any, ...]]], set[tuple[int, str]]]
 
 
 class GroupCommitter:
-    """One writer thread per process (recreated after a fork). `write` takes full rows whose
-    first two columns are `tenant_id` and `event_id` and returns the `(tenant_id, event_id)`
-    pairs it inserted; `submit` returns the subset of a request's pairs that were new."""
+    """One writer thread per process (recreated after a fork). `write` stores a list of rows in
+    one statement and returns the `(tenant_id, event_id)` pairs it inserted; `key` gives a row's
+    pair; `submit` returns the subset of a request's pairs that were new."""
 
     def __init__(self, write: Writer, *, key: Callable[[tuple[Any, ...]], tuple[int, str]]) -> None:
         self._write = write
@@ -89,8 +89,9 @@ class GroupCommitter:
         """Let the writer finish what is queued, close its database session and exit."""
         with self._lock:
             thread, self._thread = self._thread, None
+            jobs_queue = self._queue  # a submit racing this one starts a new thread on a new queue
         if thread is not None and self._pid == os.getpid():
-            self._queue.put(None)
+            jobs_queue.put(None)
             thread.join(timeout=WAIT_SECONDS)
 
     def _running(self) -> bool:
