@@ -472,6 +472,30 @@ def _upsert_sql(table: str, keys: Sequence[str], measures: Sequence[str], select
     return f"INSERT INTO {table} ({columns})\n{select}\nON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
 
 
+def _replace_buckets(
+    *,
+    table: str,
+    values: str,
+    columns: str,
+    params: Sequence[Any],
+    keys: Sequence[str],
+    measures: Sequence[str],
+    select: str,
+    select_params: Sequence[Any] | None = None,
+) -> None:
+    """Replace `table`'s rows of the (tenant, bucket) pairs listed in `values` (a VALUES list
+    whose columns are `columns`, tenant_id then the bucket column first) by `select`'s rows:
+    groups that no longer exist disappear, the others are rewritten."""
+    bucket = columns.split(", ")[1]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {table} x USING (VALUES {values}) v({columns}) "  # noqa: S608
+            f"WHERE x.tenant_id = v.tenant_id AND x.{bucket} = v.{bucket}",
+            params,
+        )
+        cursor.execute(_upsert_sql(table, keys, measures, select), params if select_params is None else select_params)
+
+
 def _edges_array() -> str:
     return "ARRAY[" + ",".join(str(e) for e in HISTOGRAM_EDGES_MS) + "]"
 
@@ -590,20 +614,21 @@ def _recompute_days(days: Sequence[tuple[int, date]]) -> None:
     rows = _day_rows(days)
     if connection.vendor == "postgresql":
         values, params = _values_list_sql(rows, ("bigint", "date", "timestamptz", "timestamptz"))
-        table = DailyRollup._meta.db_table
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"DELETE FROM {table} x USING (VALUES {values}) d(tenant_id, day, lo, hi) "  # noqa: S608
-                "WHERE x.tenant_id = d.tenant_id AND x.day = d.day",
-                params,
-            )
-            sums = ", ".join(f"sum(h.{m})" for m in HOURLY_MEASURES)
-            select = f"""
+        sums = ", ".join(f"sum(h.{m})" for m in HOURLY_MEASURES)
+        select = f"""
 SELECT h.tenant_id, d.day, h.department_id, h.provider, h.model, h.currency, h.is_eval, {sums}
 FROM {HourlyRollup._meta.db_table} h
 JOIN (VALUES {values}) d(tenant_id, day, lo, hi) ON h.tenant_id = d.tenant_id AND h.hour >= d.lo AND h.hour < d.hi
 GROUP BY 1, 2, 3, 4, 5, 6, 7"""  # noqa: S608
-            cursor.execute(_upsert_sql(table, DAILY_KEYS, HOURLY_MEASURES, select), params)
+        _replace_buckets(
+            table=DailyRollup._meta.db_table,
+            values=values,
+            columns="tenant_id, day, lo, hi",
+            params=params,
+            keys=DAILY_KEYS,
+            measures=HOURLY_MEASURES,
+            select=select,
+        )
         return
     for tenant_id, day, lo, hi in rows:
         DailyRollup.objects.filter(tenant_id=tenant_id, day=day).delete()
@@ -624,7 +649,6 @@ def _recompute_dimension_days(days: Sequence[tuple[int, date]]) -> None:
     keys = list(tag_keys())
     if connection.vendor == "postgresql":
         values, params = _values_list_sql(rows, ("bigint", "date", "timestamptz", "timestamptz"))
-        table = DimensionRollup._meta.db_table
         # One scan, two aggregation levels. The raw rows are grouped once per user and once per
         # combination of feature and configured tag values; the per-feature and per-tag groups
         # are then summed from those combinations. Feature and tag values are few (that is why
@@ -666,14 +690,16 @@ FROM (
   GROUP BY c.tenant_id, c.day, c.dept, c.currency, GROUPING SETS ({", ".join(f"(c.{c})" for c in combo)})
 ) s
 WHERE s.value IS NOT NULL"""  # noqa: S608
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"DELETE FROM {table} x USING (VALUES {values}) d(tenant_id, day, lo, hi) "  # noqa: S608
-                "WHERE x.tenant_id = d.tenant_id AND x.day = d.day",
-                params,
-            )
-            select_params = [*(p for k in keys for p in (k, k)), *params, *(f"tag:{k}" for k in keys)]
-            cursor.execute(_upsert_sql(table, DIMENSION_KEYS, DIMENSION_MEASURES, select), select_params)
+        _replace_buckets(
+            table=DimensionRollup._meta.db_table,
+            values=values,
+            columns="tenant_id, day, lo, hi",
+            params=params,
+            keys=DIMENSION_KEYS,
+            measures=DIMENSION_MEASURES,
+            select=select,
+            select_params=[*(p for k in keys for p in (k, k)), *params, *(f"tag:{k}" for k in keys)],
+        )
         return
     fields = ("department_id", "user_ref", "feature", "tags", "currency", "status", "cost", *COUNT_FIELDS[3:])
     for tenant_id, day, lo, hi in rows:
@@ -722,19 +748,21 @@ def recompute_dimension_months(months: Sequence[tuple[int, date]]) -> None:
     if connection.vendor == "postgresql":
         rows = [(t, m, add_months(m, 1)) for t, m in months]
         values, params = _values_list_sql(rows, ("bigint", "date", "date"))
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"DELETE FROM {table} x USING (VALUES {values}) m(tenant_id, month, next) "  # noqa: S608
-                "WHERE x.tenant_id = m.tenant_id AND x.month = m.month",
-                params,
-            )
-            sums = ", ".join(f"sum(d.{f})" for f in DIMENSION_MEASURES)
-            select = f"""
+        sums = ", ".join(f"sum(d.{f})" for f in DIMENSION_MEASURES)
+        select = f"""
 SELECT d.tenant_id, m.month, d.department_id, d.dimension, d.value, d.currency, {sums}
 FROM {DimensionRollup._meta.db_table} d
 JOIN (VALUES {values}) m(tenant_id, month, next) ON d.tenant_id = m.tenant_id AND d.day >= m.month AND d.day < m.next
 GROUP BY 1, 2, 3, 4, 5, 6"""  # noqa: S608
-            cursor.execute(_upsert_sql(table, MONTHLY_DIMENSION_KEYS, DIMENSION_MEASURES, select), params)
+        _replace_buckets(
+            table=table,
+            values=values,
+            columns="tenant_id, month, next",
+            params=params,
+            keys=MONTHLY_DIMENSION_KEYS,
+            measures=DIMENSION_MEASURES,
+            select=select,
+        )
         return
     for tenant_id, month in months:
         MonthlyDimensionRollup.objects.filter(tenant_id=tenant_id, month=month).delete()
