@@ -171,6 +171,14 @@ def _days_of_hours(hours: Iterable[tuple[int, datetime]]) -> set[tuple[int, date
     return {(t, h.astimezone(zones[t]).date()) for t, h in hours}
 
 
+def _days_of_range(
+    start: datetime, end: datetime, tenant_ids: Iterable[int], zones: dict[int, ZoneInfo]
+) -> set[tuple[int, date]]:
+    """The (tenant, local day) of every hour in [start, end), zones already looked up."""
+    hours = range(int((end - start) / HOUR))
+    return {(t, (start + HOUR * i).astimezone(zones[t]).date()) for t in tenant_ids for i in hours}
+
+
 def roll_up_pending(*, now: datetime | None = None) -> RollupResult:
     """The every-minute task: re-roll every (tenant, hour) that received events since the
     watermark (minus the safety lag), then the local days containing them."""
@@ -278,11 +286,7 @@ def _rebuild_sequential(
         with transaction.atomic():
             _lock(HOURLY_STREAM)
             _recompute_hour_range(cursor_at, chunk_end, tenant_ids)
-            touched = {
-                (t, (cursor_at + HOUR * i).astimezone(zones[t]).date())
-                for t in tenant_ids
-                for i in range(int((chunk_end - cursor_at) / HOUR))
-            }
+            touched = _days_of_range(cursor_at, chunk_end, tenant_ids, zones)
             # A tenant's local day straddles two UTC chunks: roll its daily and per-dimension
             # rows once, in the chunk that completes it (or the last one), not once per chunk.
             days = sorted(
@@ -329,7 +333,7 @@ def _rebuild_parallel(
     while at < end:
         chunks.append((at, min(at + chunk, end)))
         at += chunk
-    days = sorted({(t, (start + HOUR * i).astimezone(zones[t]).date()) for t in tenant_ids for i in range(hours)})
+    days = sorted(_days_of_range(start, end, tenant_ids, zones))
     months = sorted(_months_of_days(days))
 
     def hourly(lo: datetime, hi: datetime) -> Callable[[], str]:
