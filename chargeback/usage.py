@@ -103,7 +103,8 @@ def _int(data: Mapping[str, Any] | None, *path: str) -> int:
         value = int(value)
     if isinstance(value, str):
         # OTLP/JSON sends int64 attributes as strings ({"intValue": "123"}).
-        if not value.isdigit():
+        # ASCII digits only: "²".isdigit() is true but int() refuses it.
+        if not (value.isascii() and value.isdigit()):
             raise UsageError(".".join(path), "must be an integer.")
         value = int(value)
     if not isinstance(value, int):

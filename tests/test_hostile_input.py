@@ -265,6 +265,14 @@ def test_canonical_usage_errors_name_a_field(payload):
     _check_usage(result)
 
 
+@pytest.mark.parametrize("text", ["²", "٣", "１２"])
+def test_non_ascii_digit_strings_are_a_field_error_not_a_crash(text):
+    # str.isdigit() accepts superscripts and other scripts' digits; int() refuses some of them.
+    with pytest.raises(UsageError) as caught:
+        from_canonical({"input_tokens": text})
+    assert caught.value.field == "input_tokens"
+
+
 @settings(max_examples=SOME, deadline=None)
 @given(attrs=st.dictionaries(st.sampled_from(["gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens", "gen_ai.usage.cache_read_input_tokens", "gen_ai.usage.cache_creation_input_tokens", "gen_ai.usage.reasoning_tokens", "gen_ai.usage.prompt_tokens", "gen_ai.usage.completion_tokens"]), token_count, max_size=6))  # fmt: skip
 def test_otel_usage_never_negative(attrs):
