@@ -34,8 +34,7 @@ from django.db import OperationalError, connection
 
 logger = logging.getLogger(__name__)
 
-# Rows per statement: bounded so one statement stays cheap to plan and one cached SQL text per
-# size is enough (ingest.values_sql is cached per row count).
+# Rows per statement: bounded so a request never waits behind an unbounded group.
 MAX_GROUP_ROWS = 64
 # A request waits at most this long for its group; then it is answered 503 (retry) even if the
 # writer commits it later, which is safe: the resend is a duplicate, never a double count.

@@ -26,6 +26,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
 import orjson
+import psycopg
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
@@ -969,32 +970,32 @@ _MOVE_STAGE = (
 
 
 @functools.lru_cache(maxsize=1)
-def _value_casts() -> str:
-    """One VALUES row with each placeholder cast to its column's type: a column of NULLs in a
-    VALUES list would otherwise be typed text and refused by an integer column. The cast drops
-    the type's modifier (`varchar`, not `varchar(128)`): an explicit cast to varchar(n) would
-    silently truncate, while the INSERT's own assignment refuses a value that is too long."""
-    fields = {f.column: f for f in UsageEvent._meta.concrete_fields}
-    types = (fields[c].db_type(connection).split("(")[0] for c in ("tenant_id", "received_at", *COLUMNS))
-    return "(" + ", ".join(f"%s::{t}" for t in types) + ")"
-
-
-@functools.lru_cache(maxsize=groupcommit.MAX_GROUP_ROWS)
-def values_sql(count: int) -> str:
+def values_sql() -> str:
     """A small batch in one statement (atomic by itself: no transaction block, one round trip).
-    Rows carry their own tenant (the group writer mixes tenants); the statement returns the
-    `(tenant_id, event_id)` of each event it stored."""
-    columns = f"tenant_id, received_at, {_COLUMN_LIST}"
+
+    The rows travel as one JSON document (an array of objects keyed by column), which
+    PostgreSQL turns into typed rows with `json_populate_recordset` against the table's own row
+    type: the statement text is the same whatever the number of rows, so it is prepared once
+    per session, and the client's work per row is one `orjson` object instead of binding 40
+    parameters (a VALUES list of 64 rows cost psycopg ~0.2 ms a row in parsing and binding; this
+    costs ~0.01 ms). Each value goes through its column type's input function with the column's
+    modifier, so a string over a `varchar(n)` is refused, never cut. Rows carry their own
+    tenant (the group writer mixes tenants); `received_at` is one value for all. The statement
+    returns the `(tenant_id, event_id)` of each event it stored."""
+    columns = f"tenant_id, {_COLUMN_LIST}"
     # `n` keeps the rows' order through the semi-join: ids follow it, so a gateway operation's
     # attempts stay in sequence whatever join the planner picks.
     return (
-        f"WITH v ({columns}) AS (VALUES {', '.join([_value_casts()] * count)}), "  # noqa: S608 - constants only
-        "o AS (SELECT v.*, row_number() OVER () AS n FROM v), "
+        f"WITH v AS (SELECT {columns}, ordinality AS n "  # noqa: S608 - constants only
+        f"FROM json_populate_recordset(NULL::{TABLE}, %s::json) WITH ORDINALITY), "
         f"k AS (INSERT INTO {partitions.KEY_TABLE} (tenant_id, event_id) SELECT tenant_id, event_id FROM v "
         'ORDER BY tenant_id, event_id COLLATE "C" ON CONFLICT DO NOTHING RETURNING tenant_id, event_id) '
-        f"INSERT INTO {TABLE} ({columns}) SELECT {columns} FROM o "
+        f"INSERT INTO {TABLE} (received_at, {columns}) SELECT %s::timestamptz, {columns} FROM v "
         "WHERE (tenant_id, event_id) IN (SELECT tenant_id, event_id FROM k) ORDER BY n RETURNING tenant_id, event_id"
     )
+
+
+_VALUE_KEYS = ("tenant_id", *COLUMNS)
 
 
 def value_rows(tenant_id: int, rows: Sequence[EventRow]) -> list[tuple[Any, ...]]:
@@ -1002,20 +1003,42 @@ def value_rows(tenant_id: int, rows: Sequence[EventRow]) -> list[tuple[Any, ...]
     return [(tenant_id, *_json_tags(row)) for row in rows]
 
 
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)  # exact: a JSON number would go through a float in some readers
+    raise TypeError(f"{type(value).__name__} is not a column value")
+
+
+def values_document(rows: Sequence[tuple[Any, ...]]) -> bytes:
+    """The JSON the statement reads: one object per row, tags (already JSON text) embedded as is."""
+    tags = 1 + TAGS_INDEX
+    return orjson.dumps(
+        [
+            dict(zip(_VALUE_KEYS, (*row[:tags], orjson.Fragment(row[tags]), *row[tags + 1 :]), strict=True))
+            for row in rows
+        ],
+        default=_json_value,
+    )
+
+
 def _insert_values(rows: list[tuple[Any, ...]]) -> set[tuple[int, str]]:
     """`(tenant_id, *columns)` rows in one statement; the `(tenant_id, event_id)` it stored.
     `received_at` is stamped here, just before the commit, not when a request handed its rows to
     the group writer: the incremental rollup re-reads only SAFETY_LAG behind its watermark, so
-    a row must not commit long after its stamp."""
-    now = timezone.now()
-    params: list[Any] = []
-    for row in rows:
-        params.append(row[0])
-        params.append(now)
-        params.extend(row[1:])
-    with connection.cursor() as cursor:
-        cursor.execute(values_sql(len(rows)), params)
-        return set(cursor.fetchall())
+    a row must not commit long after its stamp.
+
+    The statement is bound on the server and prepared (psycopg's own cursor on Django's
+    connection; Django's default cursor binds on the client, which cannot prepare)."""
+    params = [values_document(rows).decode(), timezone.now()]
+    sql = values_sql()
+    connection.ensure_connection()
+    start = time.monotonic()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params, prepare=True)
+        stored = set(cursor.fetchall())
+    if connection.queries_logged:  # as Django's own cursors do (DEBUG, CaptureQueriesContext)
+        connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - start:.3f}"})
+    return stored
 
 
 def _group_key(row: tuple[Any, ...]) -> tuple[int, str]:

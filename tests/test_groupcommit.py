@@ -225,3 +225,40 @@ def test_a_dead_writer_is_replaced_instead_of_timing_requests_out(keys, acme):
     assert committer.submit(params(key_a, event("second"))) == {(acme.pk, "second")}
     assert committer._thread is not dead
     committer.stop()
+
+
+def test_every_column_survives_the_json_statement_exactly(keys, acme):
+    """Small writes reach PostgreSQL as one JSON document read by `json_populate_recordset`:
+    decimals must stay exact (no float on the way), times keep their microseconds, text keeps
+    quotes, backslashes and non-ASCII, NULLs stay NULL and empty strings stay empty."""
+    key_a, _ = keys
+    sender = ingest.Sender.of(key_a)
+    row = ingest.EventRow(
+        event_id='e "1" \\ ü',
+        source="ingest",
+        occurred_at=timezone.now().replace(microsecond=123456),
+        provider="openai",
+        model="gpt-4o",
+        department_id=sender.department_id
+        or ingest.resolve_departments(tenant_id=acme.pk, codes=["research"])["research"],
+        department_code="research",
+        user_ref="ana@example.com 🎉",
+        api_key_id=key_a.pk,
+        latency_ms=None,
+        ttft_ms=2_147_483_000,
+        input_tokens=9_007_199_254_740_993,  # 2**53 + 1: a JSON number read as a double would lose the 1
+        output_tokens=0,
+        cost=ingest.Decimal("1234567890.1234567891"),  # 20 digits: no double holds it
+        currency="EUR",
+        cost_provenance="reported",
+        reported_cost=ingest.Decimal("0.0000000001"),
+        reported_currency="USD",
+        tags={"team": 'a"b\\c', "emoji": "🎉", "empty": ""},
+    )
+    inserted = ingest._insert_values(ingest.value_rows(acme.pk, [row]))
+
+    assert inserted == {(acme.pk, row.event_id)}
+    stored = UsageEvent.objects.get(tenant=acme, event_id=row.event_id)
+    for name in ingest.COLUMNS:
+        assert getattr(stored, name) == getattr(row, name) or (name == "tags" and stored.tags == row.tags), name
+    assert stored.latency_ms is None and stored.requested_model == ""
