@@ -28,6 +28,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -344,10 +345,14 @@ def proc_cpu(pid: int) -> float:
 
 
 def children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+    """Child processes of any of `pid`'s threads (granian starts its workers from a thread)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found.extend(int(p) for p in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return found
 
 
 def backend_pids() -> list[int]:
@@ -399,10 +404,52 @@ def cpu_load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+def server_command(args: argparse.Namespace) -> list[str]:
+    if args.server == "granian":
+        return [
+            PYTHON,
+            "-m",
+            "granian",
+            "--interface",
+            "wsgi",
+            "--workers",
+            str(args.workers),
+            "--blocking-threads",
+            str(args.threads),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(args.port),
+            "--log-level",
+            "warning",
+            "--backlog",
+            "2048",
+            "llmobs.wsgi:application",
+        ]
+    return [
+        PYTHON,
+        "-m",
+        "gunicorn",
+        "llmobs.wsgi",
+        "--worker-class",
+        args.worker_class,
+        "--workers",
+        str(args.workers),
+        "--bind",
+        f"127.0.0.1:{args.port}",
+        "--log-level",
+        "warning",
+        "--backlog",
+        "2048",
+        *(["--threads", str(args.threads)] if args.worker_class == "gthread" else []),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=8300)
     parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--server", choices=["gunicorn", "granian"], default="gunicorn")
     parser.add_argument("--worker-class", default="sync", help="sync (default) or gthread, as in the Procfile")
     parser.add_argument("--threads", type=int, default=4, help="threads per gthread worker")
     parser.add_argument("--batch-events", type=int, default=2_000_000)
@@ -419,6 +466,10 @@ def main() -> None:
     if not args.skip_single and not shutil.which("wrk"):
         raise SystemExit("wrk is needed for the single-event phase (apt-get install -y wrk) or pass --skip-single.")
 
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", args.port)) == 0:
+            # granian binds with SO_REUSEPORT: a leftover server would silently take half the load.
+            raise SystemExit(f"Something already listens on port {args.port}; stop it first.")
     run_id = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     ctx = mp.get_context("fork")
     setup = ctx.Pool(1)
@@ -427,32 +478,13 @@ def main() -> None:
 
     # Connections live for the whole run so the CPU of their PostgreSQL backends can be counted.
     env = dict(os.environ, DEBUG="false", LOG_LEVEL="WARNING", DB_CONN_MAX_AGE="3600")
-    server = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "gunicorn",
-            "llmobs.wsgi",
-            "--worker-class",
-            args.worker_class,
-            "--workers",
-            str(args.workers),
-            "--bind",
-            f"127.0.0.1:{args.port}",
-            "--log-level",
-            "warning",
-            "--backlog",
-            "2048",
-            *(["--threads", str(args.threads)] if args.worker_class == "gthread" else []),
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-    )
+    server = subprocess.Popen(server_command(args), cwd=ROOT, env=env, start_new_session=True)
     report: dict = {
         "run": run_id,
         "tenant_id": tenant_id,
-        "server": f"{args.workers} {args.worker_class} workers"
+        "server": f"granian, {args.workers} workers × {args.threads} blocking threads"
+        if args.server == "granian"
+        else f"gunicorn, {args.workers} {args.worker_class} workers"
         + (f" × {args.threads} threads" if args.worker_class == "gthread" else ""),
         "load_before": cpu_load(),
     }
