@@ -11,6 +11,15 @@ The gateway builds the check with `admission()` and hands it to `enforcement.res
 runs it inside the budget reservation's Lua call when hard budgets are in scope (one Redis round
 trip for both) and on its own otherwise.
 
+Large request limits are leased: when a check counts requests only (no tpm limit, no tokens:
+every ingest request) and the key allows at least 200 requests a minute, a process takes its
+allowance from Redis `rpm // 100` requests at a time (at most 64) and admits from that lease
+locally, so a busy key costs one Redis call per lease instead of one per request. Leases are
+counted in the same Redis window as exact checks, so a key is never admitted over its limit;
+what a process leased but did not use when the window ends is lost, so near the limit a key may
+be refused up to (processes - 1) leases early: at most 1 % of its limit per other process.
+Smaller limits are checked exactly on every request.
+
 Backends: Redis (one Lua script, atomic across workers) when `REDIS_URL` is set; otherwise a
 process-local counter table under a lock, correct for the single-process embedded default. Redis
 outage: fail open with a logged warning (rate limits protect upstream quotas; budgets, which
@@ -57,9 +66,23 @@ end
 return 0
 """
 
+# Takes up to ARGV[2] requests of the window's ARGV[1] at once; returns how many (0: none left).
+LEASE_LUA = """
+local limit = tonumber(ARGV[1])
+local grant = math.min(tonumber(ARGV[2]), limit - tonumber(redis.call('GET', KEYS[1]) or '0'))
+if grant <= 0 then return 0 end
+redis.call('INCRBY', KEYS[1], grant)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return grant
+"""
+LEASE_SHARE = 100  # a lease is at most this fraction of the limit …
+LEASE_MAX = 64  # … and at most this many requests
+
 _script = None
+_lease_script = None
 _local_lock = threading.Lock()
 _local_counts: dict[str, int] = {}
+_leases: dict[str, int] = {}  # window key → requests still leased to this process
 
 
 @dataclass(frozen=True)
@@ -83,10 +106,20 @@ class Admission:
     def redis_args(self) -> list[int]:
         return [self.rpm, self.tpm, self.tokens, WINDOW_SECONDS + 5]
 
+    @property
+    def lease_size(self) -> int:
+        """Requests a process may take at once for this check (1: check exactly)."""
+        if self.tpm or self.tokens:
+            return 1
+        return min(LEASE_MAX, self.rpm // LEASE_SHARE) or 1
+
     def check(self) -> None:
         client = get_redis()
         if client is None:
             self.refuse(_check_local(self.req_key, self.tok_key, self.rpm, self.tpm, self.tokens))
+            return
+        if self.lease_size > 1:
+            self._check_leased(client)
             return
         import redis
 
@@ -99,6 +132,32 @@ class Admission:
             logger.warning("Rate-limit store unavailable, failing open: %s", exc)
             return
         self.refuse(verdict)
+
+    def _check_leased(self, client) -> None:
+        with _local_lock:
+            left = _leases.get(self.req_key, 0)
+            if left:
+                _leases[self.req_key] = left - 1
+                return
+        import redis
+
+        global _lease_script
+        try:
+            if _lease_script is None:
+                _lease_script = client.register_script(LEASE_LUA)
+            grant = int(_lease_script(keys=[self.req_key], args=[self.rpm, self.lease_size, WINDOW_SECONDS + 5]))
+        except redis.RedisError as exc:
+            logger.warning("Rate-limit store unavailable, failing open: %s", exc)
+            return
+        if not grant:
+            self.refuse(1)
+        with _local_lock:
+            if self.req_key not in _leases:
+                # A new window: what is left of the others is never used again.
+                window = self.req_key.rsplit(":", 2)[1]
+                for stale in [k for k in _leases if k.rsplit(":", 2)[1] != window]:
+                    del _leases[stale]
+            _leases[self.req_key] = _leases.get(self.req_key, 0) + grant - 1
 
     def refuse(self, verdict: int) -> None:
         """Raise RateLimited for a script's verdict (1: rpm, 2: tpm); 0 admits."""
@@ -153,6 +212,7 @@ def reset_limits() -> None:
     """Forget all windows (tests)."""
     with _local_lock:
         _local_counts.clear()
+        _leases.clear()
     client = get_redis()
     if client is not None:
         for k in client.scan_iter(match="llmobs:rl:*", count=1000):
