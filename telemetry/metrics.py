@@ -2,7 +2,7 @@
 
 Labels are bounded: tenant slug, department code, provider, and model only when it is a model
 some route is configured for (anything else becomes "other"), so a caller cannot blow up the
-series count. Under gunicorn set `PROMETHEUS_MULTIPROC_DIR` (an empty directory, wiped at
+series count. Under a multi-process server (granian, gunicorn) set `PROMETHEUS_MULTIPROC_DIR` (an empty directory, wiped at
 deploy) and every worker's samples are merged at scrape time.
 """
 

@@ -6,7 +6,8 @@ background writer thread drains it in batches (`bulk_create`, idempotent on
 
 Trade-offs, chosen for the gateway's latency goal:
 - A clean shutdown loses nothing: `flush()` runs at exit (gunicorn workers exit through
-  `sys.exit`, which runs `atexit`). A hard kill (SIGKILL, OOM) loses at most the queued rows
+  `sys.exit`, which runs `atexit`; granian's are multiprocessing children, which run
+  multiprocessing's finalizers instead). A hard kill (SIGKILL, OOM) loses at most the queued rows
   — under a second of traffic. Redis RPUSH + a drain task would survive that too, at the cost
   of a network round trip per call; the queue is the better trade for a sub-3 ms overhead.
 - When the database is down, batches are retried with backoff and the queue keeps filling; once
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import multiprocessing.util
 import queue
 import threading
 import time
@@ -181,3 +183,7 @@ def _flush_at_exit() -> None:
 
 
 atexit.register(_flush_at_exit)
+# granian's workers are multiprocessing children: they leave through os._exit, which skips
+# atexit but runs multiprocessing's finalizers. Flushing twice is harmless (the second has
+# nothing pending).
+multiprocessing.util.Finalize(None, _flush_at_exit, exitpriority=10)

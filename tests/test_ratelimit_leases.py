@@ -117,7 +117,6 @@ def test_a_new_window_starts_a_new_lease_and_forgets_the_old_one():
 
 def test_redis_down_fails_open():
     import redis
-
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 

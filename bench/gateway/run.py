@@ -1,5 +1,5 @@
 """Gateway overhead benchmark: the same fake OpenAI upstream called directly, through our
-gateway (gunicorn gthread, PostgreSQL + Redis) and through LiteLLM's proxy, in one run.
+gateway (granian as in the Procfile, or `--server gunicorn`; PostgreSQL + Redis) and through LiteLLM's proxy, in one run.
 
 Measures, per target: non-streaming latency at concurrency 1 and 50 (wrk), max req/s, and
 streaming time-to-first-token (sequential httpx). Prints a Markdown table for
@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import servers
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -137,6 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--ttft-requests", type=int, default=300)
+    parser.add_argument("--server", choices=servers.SERVERS, default="granian", help="granian, as in the Procfile")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--upstream-latency", type=float, default=0.0)
@@ -173,23 +177,9 @@ def main() -> None:
             .stdout.strip()
             .splitlines()[-1]
         )
-        gunicorn = Path(PYTHON).with_name("gunicorn")
         procs.append(
             subprocess.Popen(
-                [
-                    str(gunicorn),
-                    "llmobs.wsgi",
-                    "--worker-class",
-                    "gthread",
-                    "--workers",
-                    str(args.workers),
-                    "--threads",
-                    str(args.threads),
-                    "--bind",
-                    f"127.0.0.1:{GATEWAY_PORT}",
-                    "--log-level",
-                    "warning",
-                ],
+                servers.web_command(args.server, port=GATEWAY_PORT, workers=args.workers, threads=args.threads),
                 cwd=ROOT,
                 env={**env, "PROMETHEUS_MULTIPROC_DIR": metrics_dir, "LOG_LEVEL": "WARNING"},
             )
@@ -264,7 +254,7 @@ def main() -> None:
 def report(results: dict[str, dict], args: argparse.Namespace) -> None:
     direct = results["direct"]
     lines = [
-        f"Upstream latency {args.upstream_latency * 1000:.0f} ms; gateway gunicorn gthread {args.workers}×{args.threads}; "
+        f"Upstream latency {args.upstream_latency * 1000:.0f} ms; gateway {servers.describe(args.server, workers=args.workers, threads=args.threads)}; "
         f"wrk {args.seconds} s per cell; TTFT over {args.ttft_requests} sequential streamed requests. All ms.",
         "",
         "| target | c=1 p50 | c=1 p99 | added p50 / p99 (c=1) | c=50 p50 | c=50 p99 | added p50 / p99 (c=50) | max req/s (c=50) | CPU ms / request (c=50) | TTFT p50 | added TTFT p50 / p99 |",

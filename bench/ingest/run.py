@@ -39,6 +39,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+import servers  # noqa: E402
+
 PYTHON = sys.executable
 PATH = "/api/v1/usage-events"
 DEPARTMENTS = ["research", "sales", "support", "engineering", "marketing", "finance"]
@@ -405,54 +408,13 @@ def cpu_load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def server_command(args: argparse.Namespace) -> list[str]:
-    if args.server == "granian":
-        return [
-            PYTHON,
-            "-m",
-            "granian",
-            "--interface",
-            "wsgi",
-            "--workers",
-            str(args.workers),
-            "--blocking-threads",
-            str(args.threads),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(args.port),
-            "--log-level",
-            "warning",
-            "--backlog",
-            "2048",
-            "llmobs.wsgi:application",
-        ]
-    return [
-        PYTHON,
-        "-m",
-        "gunicorn",
-        "llmobs.wsgi",
-        "--worker-class",
-        args.worker_class,
-        "--workers",
-        str(args.workers),
-        "--bind",
-        f"127.0.0.1:{args.port}",
-        "--log-level",
-        "warning",
-        "--backlog",
-        "2048",
-        *(["--threads", str(args.threads)] if args.worker_class == "gthread" else []),
-    ]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=8300)
-    parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--server", choices=["gunicorn", "granian"], default="gunicorn")
-    parser.add_argument("--worker-class", default="sync", help="sync (default) or gthread, as in the Procfile")
-    parser.add_argument("--threads", type=int, default=4, help="threads per gthread worker")
+    parser.add_argument("--server", choices=servers.SERVERS, default="granian", help="granian, as in the Procfile")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8, help="threads per worker (gunicorn: gthread only)")
+    parser.add_argument("--worker-class", default="gthread", help="gunicorn only: gthread or sync")
     parser.add_argument("--batch-events", type=int, default=2_000_000)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--loaders", type=int, default=4)
@@ -479,14 +441,20 @@ def main() -> None:
 
     # Connections live for the whole run so the CPU of their PostgreSQL backends can be counted.
     env = dict(os.environ, DEBUG="false", LOG_LEVEL="WARNING", DB_CONN_MAX_AGE="3600")
-    server = subprocess.Popen(server_command(args), cwd=ROOT, env=env, start_new_session=True)
+    server = subprocess.Popen(
+        servers.web_command(
+            args.server, port=args.port, workers=args.workers, threads=args.threads, worker_class=args.worker_class
+        ),
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
     report: dict = {
         "run": run_id,
         "tenant_id": tenant_id,
-        "server": f"granian, {args.workers} workers × {args.threads} blocking threads"
-        if args.server == "granian"
-        else f"gunicorn, {args.workers} {args.worker_class} workers"
-        + (f" × {args.threads} threads" if args.worker_class == "gthread" else ""),
+        "server": servers.describe(
+            args.server, workers=args.workers, threads=args.threads, worker_class=args.worker_class
+        ),
         "load_before": cpu_load(),
     }
     try:
