@@ -44,13 +44,29 @@ IDLE_CLOSE_SECONDS = 60.0
 
 
 class _Job:
-    __slots__ = ("done", "error", "inserted", "rows")
+    """One request's rows and, once the writer is done with them, their outcome. `_pending` is
+    a lock held until then: releasing a lock wakes its one waiter in C, where a
+    `threading.Event` goes through a Python-level Condition (a few percent of the web process's
+    CPU at a thousand requests a second)."""
+
+    __slots__ = ("_pending", "error", "inserted", "rows")
 
     def __init__(self, rows: Sequence[tuple[Any, ...]]) -> None:
         self.rows = rows
-        self.done = threading.Event()
+        self._pending = threading.Lock()
+        self._pending.acquire()
         self.inserted: set[tuple[int, str]] | None = None
         self.error: BaseException | None = None
+
+    def finish(self) -> None:
+        self._pending.release()
+
+    def wait(self, timeout: float) -> bool:
+        return self._pending.acquire(timeout=timeout)
+
+    @property
+    def finished(self) -> bool:
+        return not self._pending.locked()
 
 
 Writer = Callable[[list[tuple[Any, ...]]], set[tuple[int, str]]]
@@ -77,7 +93,7 @@ class GroupCommitter:
         job = _Job(rows)
         self._ensure_started()
         self._queue.put(job)
-        if not job.done.wait(WAIT_SECONDS):
+        if not job.wait(WAIT_SECONDS):
             raise OperationalError(f"The ingest writer did not answer within {WAIT_SECONDS:.0f} s.")
         if job.error is not None:
             raise job.error
@@ -161,12 +177,12 @@ class GroupCommitter:
                 connection.close()  # a broken session must not be reused by the next group
             for job in jobs:
                 job.error = exc
-                job.done.set()
+                job.finish()
             if not isinstance(exc, Exception):
                 raise
             return
         for job in jobs:
-            job.done.set()
+            job.finish()
         self.groups += 1
         self.jobs += len(jobs)
 

@@ -182,8 +182,14 @@ def _flush_at_exit() -> None:
             logger.exception("Could not flush %d usage events at exit", recorder.pending())
 
 
+def _finalize_in_this_process(_recorder: Recorder | None = None) -> None:
+    # granian's workers are forked multiprocessing children: they leave through os._exit, which
+    # skips atexit but runs multiprocessing's finalizers. A forked child starts with the
+    # parent's finalizers cleared, then runs its after-fork hooks: register again there.
+    # Flushing twice (atexit too) is harmless: the second has nothing pending.
+    multiprocessing.util.Finalize(None, _flush_at_exit, exitpriority=10)
+
+
 atexit.register(_flush_at_exit)
-# granian's workers are multiprocessing children: they leave through os._exit, which skips
-# atexit but runs multiprocessing's finalizers. Flushing twice is harmless (the second has
-# nothing pending).
-multiprocessing.util.Finalize(None, _flush_at_exit, exitpriority=10)
+_finalize_in_this_process()
+multiprocessing.util.register_after_fork(recorder, _finalize_in_this_process)

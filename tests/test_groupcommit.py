@@ -100,7 +100,7 @@ def test_a_bad_row_fails_only_its_own_request(keys, acme):
 
     assert jobs[0].error is None and jobs[0].inserted == {(acme.pk, "good")}
     assert isinstance(jobs[1].error, DataError)
-    assert all(job.done.is_set() for job in jobs)
+    assert all(job.finished for job in jobs)
     assert stored(acme) == [("good", 10)]
 
 

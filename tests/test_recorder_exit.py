@@ -9,6 +9,7 @@ import multiprocessing
 import pytest
 from django.db import connection, connections
 
+from telemetry import recorder
 from telemetry.models import UsageEvent
 from tests.fakes.exiting_worker import queue_one_event_and_exit
 
@@ -19,6 +20,9 @@ pytestmark = [
 
 
 def test_a_forked_worker_that_exits_cleanly_writes_what_it_queued(acme, research_dept):
+    # The recorder is imported (its exit hooks registered) here, before the fork, as in a server
+    # that loads the app first; a forked child starts with multiprocessing's finalizers cleared.
+    assert recorder.recorder.pending() == 0
     connections.close_all()  # the child opens its own session, never the parent's
     child = multiprocessing.get_context("fork").Process(
         target=queue_one_event_and_exit, args=(acme.pk, research_dept.pk, "exit-flush-1")
