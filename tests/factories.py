@@ -70,6 +70,19 @@ def make_channel(*, tenant: Tenant, **overrides: Any) -> NotificationChannel:
     return NotificationChannel.objects.create(tenant=tenant, **fields)
 
 
+def ingest_event(event_id: str, *, tokens: int = 10, **overrides: Any) -> dict:
+    """One event as a client posts it to `POST /api/v1/usage-events` (department `research`)."""
+    return {
+        "event_id": event_id,
+        "timestamp": "2025-03-01T12:00:00Z",
+        "department": "research",
+        "provider": "openai",
+        "model": "gpt-4o",
+        "usage": {"input_tokens": tokens, "output_tokens": 1},
+        **overrides,
+    }
+
+
 def make_usage_event(*, tenant: Tenant, department: Department | None = None, **overrides: Any) -> UsageEvent:
     n = next(_sequence)
     fields: dict[str, Any] = {

@@ -15,6 +15,7 @@ from django.utils import timezone
 from chargeback.keys import create_api_key
 from telemetry import groupcommit, ingest
 from telemetry.models import UsageEvent
+from tests.factories import ingest_event
 
 pytestmark = [
     pytest.mark.skipif(connection.vendor != "postgresql", reason="group commit is PostgreSQL-only"),
@@ -30,15 +31,7 @@ def fresh_department_cache():
 
 
 def event(event_id: str, tokens: int = 10, **extra) -> dict:
-    return {
-        "event_id": event_id,
-        "timestamp": "2025-03-01T12:00:00Z",
-        "department": "research",
-        "provider": "openai",
-        "model": "gpt-4o",
-        "usage": {"input_tokens": tokens, "output_tokens": 1},
-        **extra,
-    }
+    return ingest_event(event_id, tokens=tokens, **extra)
 
 
 def params(key, *events: dict) -> list[tuple]:

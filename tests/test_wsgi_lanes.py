@@ -16,6 +16,7 @@ from chargeback.keys import create_api_key
 from llmobs import wsgi
 from telemetry import ingest
 from telemetry.models import UsageEvent
+from tests.factories import ingest_event
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -59,16 +60,8 @@ def call(handler, path: str, body: bytes = b"", *, token: str | None = None, met
     return answer
 
 
-def event(event_id: str, **overrides) -> dict:
-    return {
-        "event_id": event_id,
-        "timestamp": "2025-03-01T12:00:00Z",
-        "department": "research",
-        "provider": "openai",
-        "model": "gpt-4o",
-        "usage": {"input_tokens": 100, "output_tokens": 10},
-        **overrides,
-    }
+def event(event_id: str, tokens: int = 10, **extra) -> dict:
+    return ingest_event(event_id, tokens=tokens, **extra)
 
 
 @pytest.fixture
