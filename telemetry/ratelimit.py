@@ -154,9 +154,7 @@ class Admission:
         with _local_lock:
             if self.req_key not in _leases:
                 # A new window: what is left of the others is never used again.
-                window = self.req_key.rsplit(":", 2)[1]
-                for stale in [k for k in _leases if k.rsplit(":", 2)[1] != window]:
-                    del _leases[stale]
+                _drop_other_windows(_leases, self.req_key)
             _leases[self.req_key] = _leases.get(self.req_key, 0) + grant - 1
 
     def refuse(self, verdict: int) -> None:
@@ -191,13 +189,19 @@ def check_rate(*, key: ApiKey, tokens: int = 0, now: float | None = None) -> Non
         check.check()
 
 
+def _drop_other_windows(table: dict[str, int], key: str) -> None:
+    """Forget `table`'s entries of every window but `key`'s (keys are `llmobs:rl:<pk>:<window>:<kind>`).
+    The caller holds `_local_lock`."""
+    window = key.rsplit(":", 2)[1]
+    for stale in [k for k in table if k.rsplit(":", 2)[1] != window]:
+        del table[stale]
+
+
 def _check_local(req_key: str, tok_key: str, rpm: int, tpm: int, tokens: int) -> int:
     with _local_lock:
         if len(_local_counts) > 10_000:
             # Old windows are never read again; drop them all rather than track expiry.
-            current = req_key.rsplit(":", 2)[1]
-            for k in [k for k in _local_counts if k.rsplit(":", 2)[1] != current]:
-                del _local_counts[k]
+            _drop_other_windows(_local_counts, req_key)
         requests, used = _local_counts.get(req_key, 0), _local_counts.get(tok_key, 0)
         if rpm and requests + 1 > rpm:
             return 1

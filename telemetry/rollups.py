@@ -611,23 +611,31 @@ def _day_rows(days: Sequence[tuple[int, date]]) -> list[tuple[int, date, datetim
     return [(t, d, *local_day_bounds(d, zones[t])) for t, d in days]
 
 
+# The columns of a VALUES list of `_day_rows` (PostgreSQL): a tenant's local day and its bounds.
+_DAY_COLUMNS = "tenant_id, day, lo, hi"
+
+
+def _day_values(rows: Sequence[tuple[int, date, datetime, datetime]]) -> tuple[str, list[Any]]:
+    return _values_list_sql(rows, ("bigint", "date", "timestamptz", "timestamptz"))
+
+
 def _recompute_days(days: Sequence[tuple[int, date]]) -> None:
     """Daily rows = the sum of the hourly rows whose hour starts in that local day."""
     if not days:
         return
     rows = _day_rows(days)
     if connection.vendor == "postgresql":
-        values, params = _values_list_sql(rows, ("bigint", "date", "timestamptz", "timestamptz"))
+        values, params = _day_values(rows)
         sums = ", ".join(f"sum(h.{m})" for m in HOURLY_MEASURES)
         select = f"""
 SELECT h.tenant_id, d.day, h.department_id, h.provider, h.model, h.currency, h.is_eval, {sums}
 FROM {HourlyRollup._meta.db_table} h
-JOIN (VALUES {values}) d(tenant_id, day, lo, hi) ON h.tenant_id = d.tenant_id AND h.hour >= d.lo AND h.hour < d.hi
+JOIN (VALUES {values}) d({_DAY_COLUMNS}) ON h.tenant_id = d.tenant_id AND h.hour >= d.lo AND h.hour < d.hi
 GROUP BY 1, 2, 3, 4, 5, 6, 7"""  # noqa: S608
         _replace_buckets(
             table=DailyRollup._meta.db_table,
             values=values,
-            columns="tenant_id, day, lo, hi",
+            columns=_DAY_COLUMNS,
             params=params,
             keys=DAILY_KEYS,
             measures=HOURLY_MEASURES,
@@ -652,7 +660,7 @@ def _recompute_dimension_days(days: Sequence[tuple[int, date]]) -> None:
     rows = _day_rows(days)
     keys = list(tag_keys())
     if connection.vendor == "postgresql":
-        values, params = _values_list_sql(rows, ("bigint", "date", "timestamptz", "timestamptz"))
+        values, params = _day_values(rows)
         # One scan, two aggregation levels. The raw rows are grouped once per user and once per
         # combination of feature and configured tag values; the per-feature and per-tag groups
         # are then summed from those combinations. Feature and tag values are few (that is why
@@ -681,7 +689,7 @@ WITH c AS (
   FROM (
     SELECT r.*, d.day, COALESCE(r.department_id, 0) AS dept{tags}
     FROM {UsageEvent._meta.db_table} r
-    JOIN (VALUES {values}) d(tenant_id, day, lo, hi) ON r.tenant_id = d.tenant_id AND r.occurred_at >= d.lo AND r.occurred_at < d.hi
+    JOIN (VALUES {values}) d({_DAY_COLUMNS}) ON r.tenant_id = d.tenant_id AND r.occurred_at >= d.lo AND r.occurred_at < d.hi
   ) e
   GROUP BY e.tenant_id, e.day, e.dept, e.currency, GROUPING SETS ((e.user_ref), ({", ".join(f"e.{c}" for c in combo)}))
 )
@@ -697,7 +705,7 @@ WHERE s.value IS NOT NULL"""  # noqa: S608
         _replace_buckets(
             table=DimensionRollup._meta.db_table,
             values=values,
-            columns="tenant_id, day, lo, hi",
+            columns=_DAY_COLUMNS,
             params=params,
             keys=DIMENSION_KEYS,
             measures=DIMENSION_MEASURES,
