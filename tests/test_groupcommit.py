@@ -220,14 +220,12 @@ def test_a_dead_writer_is_replaced_instead_of_timing_requests_out(keys, acme):
     committer.stop()
 
 
-def test_every_column_survives_the_json_statement_exactly(keys, acme):
-    """Small writes reach PostgreSQL as one JSON document read by `json_populate_recordset`:
-    decimals must stay exact (no float on the way), times keep their microseconds, text keeps
-    quotes, backslashes and non-ASCII, NULLs stay NULL and empty strings stay empty."""
-    key_a, _ = keys
+def awkward_row(key_a, acme, event_id='e "1" \\ ü'):
+    """A row of every column type at its edges: decimals no double holds, microseconds, text
+    with quotes, backslashes and non-ASCII, NULLs, empty strings, tags needing escapes."""
     sender = ingest.Sender.of(key_a)
-    row = ingest.EventRow(
-        event_id='e "1" \\ ü',
+    return ingest.EventRow(
+        event_id=event_id,
         source="ingest",
         occurred_at=timezone.now().replace(microsecond=123456),
         provider="openai",
@@ -248,6 +246,14 @@ def test_every_column_survives_the_json_statement_exactly(keys, acme):
         reported_currency="USD",
         tags={"team": 'a"b\\c', "emoji": "🎉", "empty": ""},
     )
+
+
+def test_every_column_survives_the_json_statement_exactly(keys, acme):
+    """Small writes reach PostgreSQL as one JSON document read by `json_populate_recordset`:
+    decimals must stay exact (no float on the way), times keep their microseconds, text keeps
+    quotes, backslashes and non-ASCII, NULLs stay NULL and empty strings stay empty."""
+    key_a, _ = keys
+    row = awkward_row(key_a, acme)
     inserted = ingest._insert_values(ingest.value_rows(acme.pk, [row]))
 
     assert inserted == {(acme.pk, row.event_id)}
@@ -255,3 +261,22 @@ def test_every_column_survives_the_json_statement_exactly(keys, acme):
     for name in ingest.COLUMNS:
         assert getattr(stored, name) == getattr(row, name) or (name == "tags" and stored.tags == row.tags), name
     assert stored.latency_ms is None and stored.requested_model == ""
+
+
+@pytest.mark.parametrize("resent", [False, True], ids=["binary-copy", "staging-fallback"])
+def test_every_column_survives_a_large_write_exactly(keys, acme, resent):
+    """Larger writes COPY the rows in binary (each value in its column's own format, tags as
+    pre-encoded jsonb); a batch holding an id already stored goes through the text-COPY staging
+    table instead. Both must store every column exactly as the small-write statement does."""
+    key_a, _ = keys
+    rows = [awkward_row(key_a, acme, event_id=f'big "{n}" \\ ü') for n in range(ingest.SMALL_BATCH + 1)]
+    if resent:
+        assert ingest.write_events(tenant=acme, rows=rows[:1]).accepted == 1
+    result = ingest.write_events(tenant=acme, rows=rows)
+
+    assert (result.accepted, result.duplicates) == ((len(rows) - 1, 1) if resent else (len(rows), 0))
+    for row in rows:
+        stored = UsageEvent.objects.get(tenant=acme, event_id=row.event_id)
+        for name in ingest.COLUMNS:
+            assert getattr(stored, name) == getattr(row, name) or (name == "tags" and stored.tags == row.tags), name
+        assert stored.latency_ms is None and stored.requested_model == ""
