@@ -492,7 +492,7 @@ def test_a_database_outage_is_a_503_with_retry_after(client, token, monkeypatch,
     def down(**kwargs):
         raise exc_class("server closed the connection unexpectedly")
 
-    monkeypatch.setattr(ingest, "record_batch", down)
+    monkeypatch.setattr(ingest, "write_events", down)  # both the whole-body and the per-event path write here
     response = post(client, token, [event(1)])
     assert response.status_code == 503
     assert response["Retry-After"] == "5"

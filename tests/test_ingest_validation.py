@@ -190,6 +190,86 @@ def test_fast_path_agrees_on_mostly_valid_events(changes):
         assert checked is not None
 
 
+def body_row(data):
+    """The whole-body (msgspec) fast path's row for one event: None when it leaves the event
+    to the checked path."""
+    try:
+        body = orjson.dumps([data])
+    except TypeError:
+        return None
+    events = ingest.decode_events(body)
+    return None if events is None else ingest._struct_row(events[0], CONTEXT)
+
+
+@settings(max_examples=400, deadline=None)
+@given(events)
+def test_body_fast_path_agrees_with_the_checked_path(data):
+    row = body_row(data)
+    checked, errors = ingest._checked_event(data, context=CONTEXT)
+    if row is not None:
+        assert errors == {}
+        assert row == checked
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.fixed_dictionaries({k: v for k, v in field_values.items() if k in ("latency_ms", "cost", "usage", "tags")}))
+def test_body_fast_path_agrees_on_mostly_valid_events(changes):
+    data = {**good(), **changes}
+    row = body_row(data)
+    checked, errors = ingest._checked_event(data, context=CONTEXT)
+    if row is not None:
+        assert errors == {} and row == checked
+
+
+def test_body_fast_path_takes_well_formed_events_in_every_body_shape():
+    events = [good(event_id="a"), good(event_id="b", user="ana", tags={"team": "x"}, cost="0.25")]
+    expected = [ingest._checked_event(e, context=CONTEXT)[0] for e in events]
+    for body in (
+        orjson.dumps(events),
+        orjson.dumps({"events": events}),
+        b"  \n" + orjson.dumps(events),
+    ):
+        decoded = ingest.decode_events(body)
+        assert [ingest._struct_row(e, CONTEXT) for e in decoded] == expected
+    single = ingest.decode_events(orjson.dumps(events[0]))
+    assert [ingest._struct_row(e, CONTEXT) for e in single] == expected[:1]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'"a string"',
+        orjson.dumps({"events": [good()], "extra": 1}),
+        orjson.dumps([good(), good(unknown="x")]),
+        orjson.dumps([good(usage={"input_tokens": 5.0})]),  # the checked path accepts 5.0
+        orjson.dumps([good(user="a\x00b")]),  # NUL: the checked path names the field
+        orjson.dumps([good()] * (ingest.MAX_EVENTS_PER_BATCH + 1)),
+    ],
+    ids=[
+        "empty",
+        "not-json",
+        "no-events",
+        "scalar",
+        "extra-top-level",
+        "unknown-field",
+        "float-count",
+        "nul",
+        "too-many",
+    ],
+)
+def test_body_fast_path_leaves_everything_else_to_the_checked_path(body):
+    assert ingest.decode_events(body) is None
+
+
+def test_body_fast_path_declares_every_event_field():
+    decoded = ingest._EventFields.__struct_fields__
+    assert set(decoded) == ingest.EVENT_FIELDS
+    assert set(ingest._UsageFields.__struct_fields__) == ingest.USAGE_FIELD_SET
+
+
 # --- OTLP span mapping ---------------------------------------------------------------------------------
 
 
