@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 from django.core.cache import cache
 
@@ -173,8 +174,10 @@ def _first_set(value: Decimal | None, fallback: Decimal) -> Decimal:
     return fallback if value is None else value
 
 
-@dataclass(frozen=True, slots=True)
-class PricedCost:
+class PricedCost(NamedTuple):
+    """What pricing one call came to. A NamedTuple, not a dataclass: ingest builds one per event
+    and a frozen dataclass costs three times as much to make."""
+
     cost: Decimal | None
     currency: str
     provenance: str
@@ -188,6 +191,11 @@ class PricedCost:
             "cost_provenance": self.provenance,
             "price_id": self.price_id,
         }
+
+
+# Distinct (provider, model) names a book remembers the candidates of, as spelled and as
+# normalised (callers choose them: unknown names must not grow a process without bound).
+MAX_SPELLINGS = 4096
 
 
 class PriceBook:
@@ -210,6 +218,8 @@ class PriceBook:
                 key = (provider, normalise_model(provider, price.model_pattern))
                 self._exact.setdefault(key, []).append(price)
         self._candidates: dict[tuple[str, str], tuple[Price, ...]] = {}
+        # The same, keyed by the names as callers spell them: skips normalising per event.
+        self._as_spelled: dict[tuple[str, str], tuple[Price, ...]] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -219,6 +229,16 @@ class PriceBook:
         return (price.tenant_id is not None, price.match_type != "regex", price.priority, price.effective_from)
 
     def candidates(self, provider: str, model: str) -> tuple[Price, ...]:
+        spelled = (provider, model)
+        found = self._as_spelled.get(spelled)
+        if found is None:
+            found = self._normalised_candidates(provider, model)
+            with self._lock:
+                if len(self._as_spelled) < MAX_SPELLINGS:  # callers' spellings are not bounded
+                    self._as_spelled[spelled] = found
+        return found
+
+    def _normalised_candidates(self, provider: str, model: str) -> tuple[Price, ...]:
         provider = normalise_provider(provider)
         model = normalise_model(provider, model)
         key = (provider, model)
@@ -228,7 +248,8 @@ class PriceBook:
             matches += [p for pattern, p in self._regex.get(provider, ()) if pattern.fullmatch(model)]
             found = tuple(sorted(matches, key=self._rank, reverse=True))
             with self._lock:
-                self._candidates[key] = found
+                if len(self._candidates) < MAX_SPELLINGS:
+                    self._candidates[key] = found
         return found
 
     def find(self, provider: str, model: str, at: datetime) -> Price | None:

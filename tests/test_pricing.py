@@ -159,6 +159,19 @@ def test_unknown_model_is_unpriced_with_no_cost_never_zero():
     assert (result.cost, result.provenance, result.price_id) == (None, "unpriced", None)
 
 
+def test_every_spelling_of_a_model_finds_its_price_and_the_memo_stays_bounded(monkeypatch):
+    from chargeback import pricing
+
+    monkeypatch.setattr(pricing, "MAX_SPELLINGS", 3)
+    book = PriceBook([make_price()])
+    spellings = [("openai", "gpt-4o"), ("OpenAI", "GPT-4o"), (" openai ", "openai/gpt-4o"), ("openai", "Gpt-4O")]
+    for _ in range(2):  # the second round is answered from the memo where it has room
+        assert [book.find(p, m, AT).id for p, m in spellings] == [1, 1, 1, 1]
+    for n in range(10):
+        assert book.find("openai", f"gpt-99-{n}", AT) is None
+    assert len(book._as_spelled) <= 3 and len(book._candidates) <= 3
+
+
 def test_reported_cost_is_used_only_when_no_price_matches():
     book = PriceBook([make_price()])
     unknown = price_usage(
