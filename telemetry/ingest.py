@@ -833,7 +833,7 @@ def _text(limit: int, minimum: int = 0) -> Any:
 _Tags = Annotated[dict[_text(MAX_TAG_KEY_CHARS, 1), _text(MAX_TAG_VALUE_CHARS)], msgspec.Meta(max_length=MAX_TAGS)]
 
 
-class _UsageFields(msgspec.Struct, forbid_unknown_fields=True):
+class _UsageFields(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     input_tokens: _Count | None = None
     output_tokens: _Count | None = None
     cache_read_input_tokens: _Count | None = None
@@ -866,6 +866,7 @@ _EventFields = msgspec.defstruct(
         *((name, _text(limit) | None, None) for name, limit in STRING_FIELDS.items()),
     ],
     forbid_unknown_fields=True,
+    gc=False,
 )
 
 
