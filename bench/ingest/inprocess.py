@@ -29,6 +29,9 @@ import run as bench  # noqa: E402 - the HTTP benchmark's setup and events
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument(
+        "--batch", type=int, default=0, help="events per request (default: single events, as the benchmark's wrk phase)"
+    )
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         raise SystemExit("Set DATABASE_URL to a PostgreSQL database (and REDIS_URL): this measures production.")
@@ -37,9 +40,15 @@ def main() -> None:
     from llmobs.wsgi import application
 
     event = bench.event_pool(1, seed=99)[0]
+    parts = bench.batch_template(bench.event_pool(2000, seed=1), args.batch) if args.batch else []
+
+    def body_of(n: int) -> bytes:
+        if not args.batch:
+            return json.dumps({**event, "event_id": f"{run_id}-{n}"}, separators=(",", ":")).encode()
+        return bench.splice(parts, [f"{run_id}-{n}-{i}".encode() for i in range(args.batch)])
 
     def environ(n: int) -> dict:
-        body = json.dumps({**event, "event_id": f"{run_id}-{n}"}, separators=(",", ":")).encode()
+        body = body_of(n)
         return {
             "REQUEST_METHOD": "POST",
             "PATH_INFO": bench.PATH,
@@ -68,23 +77,38 @@ def main() -> None:
         finally:
             response.close()
 
-    for n in range(200):  # warm: imports, price book, sessions, the writer thread
+    for n in range(200 if not args.batch else 5):  # warm: imports, price book, sessions, the writer thread
         call(environ(-n - 1))
     environs = [environ(n) for n in range(args.requests)]
+    backends = [*bench.backend_pids(), connection_pid()]
+    database = sum(bench.proc_cpu(pid) for pid in backends)
     wall, cpu = time.perf_counter(), time.process_time()
     for env in environs:
         call(env)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    database = sum(bench.proc_cpu(pid) for pid in backends) - database
+    per = 1000 / (args.requests * max(args.batch, 1))  # per event, in ms per 1,000 when batched
     print(
         json.dumps(
             {
                 "requests": args.requests,
+                "events_per_request": max(args.batch, 1),
                 "cpu_ms_per_request": round(1000 * cpu / args.requests, 3),
                 "wall_ms_per_request": round(1000 * wall / args.requests, 3),
+                "web_cpu_ms_per_1000_events": round(1000 * cpu * per, 2),
+                "postgres_cpu_ms_per_1000_events": round(1000 * database * per, 2),
                 "statuses": sorted(statuses),
             }
         )
     )
+
+
+def connection_pid() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
 
 
 if __name__ == "__main__":

@@ -1,20 +1,29 @@
-"""Ingest throughput on loopback: gunicorn (sync workers) + PostgreSQL + Redis, as in production.
+"""Ingest throughput on loopback against the production stack: the Procfile's web server
+(granian; `--server gunicorn` for gunicorn) + PostgreSQL + Redis.
 
-Two phases against `POST /api/v1/usage-events`, each checked against the database afterwards:
+Three phases against `POST /api/v1/usage-events`, each checked against the database afterwards:
 
 1. **batch**: loader processes send 1,000-event JSON batches until `--batch-events` events have
    been sent. Every `--resend-every`-th request resends that process's previous batch (1,000
    duplicates on purpose) and every fresh batch repeats one id inside itself (1 duplicate). The
-   loader keeps pre-built bodies (only the ids are spliced in), one connection per request
-   (sync workers close after each response), so it costs the server as little CPU as possible.
-2. **single**: `wrk` (C, Lua script) posts one event per request from 32 connections for
-   `--single-seconds`; every 50th request repeats the previous id. p50/p99 come from wrk.
+   loader keeps pre-built bodies (only the ids are spliced in) and one kept-alive connection
+   each, so it costs the machine as little CPU as possible.
+2. **single, closed loop**: `wrk` (C, Lua script) posts one event per request from 32
+   connections for `--single-seconds`, as fast as the server answers; every 50th request
+   repeats the previous id. The most the server does; its p50/p99 (from wrk) are those of a
+   saturated server, where 32 waiting clients make the latency (Little's law: 32 / rate).
+3. **single, open loop**: `bench/ingest/openloop.c` sends one event per request at each fixed
+   rate of `--open-rates` (after `--open-warm-seconds` at that rate that are not counted), and
+   times every request from when it was due, as wrk2 does: the latency a client sees at that
+   load, stalls included.
 
 Afterwards the rows of the run's tenant are counted: stored == unique ids sent (0 lost) and no
 id stored twice (0 double-counted), and the server's accepted/duplicates answers must add up.
+Every phase reports the CPU it cost (web server, PostgreSQL sessions and background processes,
+load generator).
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/llmobs_ingest REDIS_URL=redis://127.0.0.1:6379/3 \\
-        .venv/bin/python bench/ingest/run.py --port 8300 --workers 3 --batch-events 2000000
+        .venv/bin/python bench/ingest/run.py --port 8300 --batch-events 2000000
 """
 
 from __future__ import annotations
@@ -160,17 +169,33 @@ def splice(parts: list[bytes], ids: list[bytes]) -> bytes:
 # --- batch loader -----------------------------------------------------------------------------------
 
 
-def post(port: int, token: str, body: bytes) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    conn.request(
-        "POST",
-        PATH,
-        body=body,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    response = conn.getresponse()
-    data = response.read()
-    conn.close()
+def post(port: int, token: str, body: bytes, conn: http.client.HTTPConnection | None = None) -> tuple[int, bytes]:
+    """POST one body; on `conn` when given (kept alive between requests: http.client reconnects
+    by itself when a server, such as gunicorn's sync worker, closes after each answer)."""
+    own = conn is None
+    if own:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request(
+            "POST",
+            PATH,
+            body=body,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        response = conn.getresponse()
+        data = response.read()
+    except (http.client.HTTPException, ConnectionError):
+        conn.close()  # a kept-alive connection the server closed meanwhile: once more on a new one
+        conn.request(
+            "POST",
+            PATH,
+            body=body,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        response = conn.getresponse()
+        data = response.read()
+    if own:
+        conn.close()
     return response.status, data
 
 
@@ -184,6 +209,7 @@ def batch_worker(args: tuple) -> dict:
     latencies = []
     previous = None
     seq = 0
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     for n in range(batches):
         if previous is not None and resend_every and n % resend_every == 0:
             body, unique = previous, 0
@@ -194,7 +220,7 @@ def batch_worker(args: tuple) -> dict:
             body, unique = splice(parts, ids), batch_size - 1
             previous = body
         began = time.perf_counter()
-        status, data = post(port, token, body)
+        status, data = post(port, token, body, conn)
         latencies.append(time.perf_counter() - began)
         stats["requests"] += 1
         stats["events"] += batch_size
@@ -208,6 +234,7 @@ def batch_worker(args: tuple) -> dict:
             stats["errors"] += 1
             if stats["errors"] <= 3:
                 print(f"loader {index}: HTTP {status} {data[:300]!r}", file=sys.stderr)
+    conn.close()
     stats["latencies"] = latencies
     stats["finished_at"] = time.time()
     return stats
@@ -319,6 +346,32 @@ def run_single(port: int, token: str, prefix: str, seconds: int, connections: in
     }
 
 
+OPENLOOP_SOURCE = ROOT / "bench" / "ingest" / "openloop.c"
+
+
+def openloop_binary() -> Path:
+    """bench/ingest/openloop.c compiled into the build cache (rebuilt when the source changes)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise SystemExit("A C compiler is needed for the open-loop phase (apt-get install -y gcc) or pass --skip-open.")
+    out = Path(tempfile.gettempdir()) / f"llmobs-openloop-{int(OPENLOOP_SOURCE.stat().st_mtime)}"
+    if not out.exists():
+        subprocess.run([cc, "-O2", "-pthread", "-o", str(out), str(OPENLOOP_SOURCE)], check=True)
+    return out
+
+
+def openloop(port: int, token: str, prefix: str, rate: int, seconds: int, connections: int) -> dict:
+    event = event_pool(1, seed=99)[0]
+    event["event_id"] = "@@ID@@"
+    template = Path(tempfile.mkdtemp()) / "single.json"
+    template.write_text(json.dumps(event, separators=(",", ":")))
+    command = [openloop_binary(), "127.0.0.1", port, PATH, token, rate, seconds, connections, prefix, template]
+    output = subprocess.run([str(part) for part in command], capture_output=True, text=True, check=True).stdout
+    result = json.loads(output)
+    result["requests"] = result["answered"]
+    return result
+
+
 # --- main -------------------------------------------------------------------------------------------------
 
 
@@ -370,6 +423,24 @@ def backend_pids() -> list[int]:
         return [row[0] for row in cursor.fetchall()]
 
 
+def postgres_background_pids() -> list[int]:
+    """The server's own processes that work for every session (WAL writer, checkpointer,
+    background writer, autovacuum): their CPU is part of what ingest costs too."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("postgres: ") and any(
+            name in title for name in ("walwriter", "checkpointer", "background writer", "autovacuum")
+        ):
+            found.append(int(proc.name))
+    return found
+
+
 class CpuMeter:
     def __init__(self, server_pid: int) -> None:
         self.server_pid = server_pid
@@ -380,11 +451,12 @@ class CpuMeter:
         web = [self.server_pid, *children(self.server_pid)]
         out = {("web", pid): proc_cpu(pid) for pid in web}
         out.update({("db", pid): proc_cpu(pid) for pid in backend_pids()})
+        out.update({("db_background", pid): proc_cpu(pid) for pid in postgres_background_pids()})
         return out
 
     def stop(self, events: int) -> dict[str, float]:
         end = self.sample()
-        used = {"web": 0.0, "db": 0.0}
+        used = {"web": 0.0, "db": 0.0, "db_background": 0.0}
         for key, value in end.items():
             used[key[0]] += value - self.start.get(key, 0.0)
         times = os.times()
@@ -398,6 +470,7 @@ class CpuMeter:
         return {
             "cpu_s_web": round(used["web"], 1),
             "cpu_s_postgres": round(used["db"], 1),
+            "cpu_s_postgres_background": round(used["db_background"], 1),
             "cpu_s_loader": round(used["loader"], 1),
             "cpu_ms_per_1000_events": round(total / events * 1_000_000, 1),
             "rate_on_2_idle_cores": round(2 * events / total) if total else 0,
@@ -423,6 +496,15 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--skip-batch", action="store_true")
     parser.add_argument("--skip-single", action="store_true")
+    parser.add_argument(
+        "--open-rates",
+        default="1500",
+        help="comma-separated fixed rates (req/s) for the open-loop phase, each for --open-seconds",
+    )
+    parser.add_argument("--open-seconds", type=int, default=30)
+    parser.add_argument("--open-connections", type=int, default=64)
+    parser.add_argument("--open-warm-seconds", type=int, default=5, help="uncounted seconds at each rate first")
+    parser.add_argument("--skip-open", action="store_true")
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         raise SystemExit("Set DATABASE_URL to a PostgreSQL database (and REDIS_URL): this measures production.")
@@ -488,11 +570,27 @@ def main() -> None:
             print(result.pop("raw"), flush=True)
             report["single"] = result
             print(json.dumps({"single": result}, indent=2), flush=True)
+        if not args.skip_open:
+            report["open"] = []
+            for rate in (int(r) for r in args.open_rates.split(",")):
+                prefix = f"o{rate}-{run_id}-"
+                if args.open_warm_seconds:
+                    openloop(
+                        args.port, token, f"w{rate}-{run_id}-", rate, args.open_warm_seconds, args.open_connections
+                    )
+                meter = CpuMeter(server.pid)
+                result = openloop(args.port, token, prefix, rate, args.open_seconds, args.open_connections)
+                result.update(meter.stop(max(result["requests"], 1)))
+                result["cpu_ms_per_request"] = round(result.pop("cpu_ms_per_1000_events") / 1000, 3)
+                result.update(verify(tenant_id, prefix))
+                result["lost"] = result["statuses"].get("202", 0) - result["rows"]
+                report["open"].append(result)
+                print(json.dumps({"open": result}, indent=2), flush=True)
     finally:
         report["load_after"] = cpu_load()
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    print(json.dumps({k: v for k, v in report.items() if k not in ("batch", "single")}))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("batch", "single", "open")}))
 
 
 if __name__ == "__main__":
