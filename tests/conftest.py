@@ -3,6 +3,7 @@ tenant `globex` for isolation tests."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -14,6 +15,11 @@ import pytest
 # "SystemError: AST constructor recursion depth mismatch" after every test passed (seen in CI).
 # Importing it here, at collection, compiles it while the interpreter state is clean.
 import schemathesis.reporting.html.writer  # noqa: F401
+
+# llmobs.wsgi freezes the objects of a starting server out of the cyclic collector's reach; in
+# the test process that would be whatever the tests made before its first import.
+# tests/test_wsgi_lanes.py checks the freeze in a process of its own.
+os.environ.setdefault("LLMOBS_GC_FREEZE", "false")
 from django.contrib.auth import get_user_model
 
 from chargeback.models import Department, Membership, ModelPrice, Role, Tenant
