@@ -175,25 +175,17 @@ def post(port: int, token: str, body: bytes, conn: http.client.HTTPConnection | 
     own = conn is None
     if own:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request(
-            "POST",
-            PATH,
-            body=body,
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        )
-        response = conn.getresponse()
-        data = response.read()
-    except (http.client.HTTPException, ConnectionError):
-        conn.close()  # a kept-alive connection the server closed meanwhile: once more on a new one
-        conn.request(
-            "POST",
-            PATH,
-            body=body,
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        )
-        response = conn.getresponse()
-        data = response.read()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    for attempt in range(2):
+        try:
+            conn.request("POST", PATH, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            break
+        except (http.client.HTTPException, ConnectionError):
+            conn.close()  # a kept-alive connection the server closed meanwhile: once more on a new one
+            if attempt:
+                raise
     if own:
         conn.close()
     return response.status, data
