@@ -147,7 +147,6 @@ class EventRow(NamedTuple):
 COLUMNS = EventRow._fields
 _make_row = EventRow._make
 ZERO_USAGE = Usage()
-HEX_ITEMS = (("trace_id", 32), ("span_id", 16), ("parent_span_id", 16))
 TAGS_INDEX = COLUMNS.index("tags")
 EVENT_ID_INDEX = 0
 
@@ -459,8 +458,8 @@ def _fast_row(data: Any, context: EventContext) -> EventRow | None:
             return None
     else:
         return None
-    ids = (_fast_hex(get("trace_id"), 32), _fast_hex(get("span_id"), 16), _fast_hex(get("parent_span_id"), 16))
-    if None in ids:
+    ids = _fast_ids(get("trace_id"), get("span_id"), get("parent_span_id"))
+    if ids is None:
         return None
     tags = get("tags")
     if tags is not None:
@@ -557,6 +556,11 @@ def _fast_hex(value: Any, length: int) -> str | None:
     return value.lower()
 
 
+def _fast_ids(trace_id: Any, span_id: Any, parent_span_id: Any) -> tuple[str, str, str] | None:
+    ids = (_fast_hex(trace_id, 32), _fast_hex(span_id, 16), _fast_hex(parent_span_id, 16))
+    return None if None in ids else ids
+
+
 def _finish_row(
     context: EventContext,
     event_id: str,
@@ -572,7 +576,7 @@ def _finish_row(
     usage: Usage,
     cost: Any,
     currency: Any,
-    ids: tuple[str | None, str | None, str | None],
+    ids: tuple[str, str, str],
     tags: Mapping[str, str] | None,
 ) -> EventRow | None:
     """The checks that need several fields, pricing, and the row."""
@@ -927,8 +931,8 @@ def _struct_row(event: Any, context: EventContext) -> EventRow | None:
         )
         if usage is None:
             return None
-    ids = (_fast_hex(event.trace_id, 32), _fast_hex(event.span_id, 16), _fast_hex(event.parent_span_id, 16))
-    if None in ids:
+    ids = _fast_ids(event.trace_id, event.span_id, event.parent_span_id)
+    if ids is None:
         return None
     strings = (
         event.user or "",
@@ -1107,20 +1111,12 @@ def _lookup_sender(prefix: str, digest: str) -> Sender | None:
     return None
 
 
-def context_for(
-    sender: Sender,
-    items: Sequence[Any],
-    *,
-    source: str = UsageEvent.Source.INGEST,
-    codes: Iterable[str] | None = None,
-) -> EventContext:
-    """What validating and pricing `items` (or events naming departments `codes`) sent with
-    `sender` needs, looked up once per batch."""
+def context_for(sender: Sender, codes: Iterable[str], *, source: str = UsageEvent.Source.INGEST) -> EventContext:
+    """What validating and pricing a batch sent with `sender`, naming departments `codes`,
+    needs, looked up once per batch."""
     tenant_id = sender.tenant_id
     bound = sender.department_id is not None
     now = timezone.now()
-    if codes is None:
-        codes = department_codes(items)
     return EventContext(
         tenant_id=tenant_id,
         source=source,
@@ -1140,7 +1136,7 @@ def record_batch(*, key: Any, items: Sequence[Any], source: str = UsageEvent.Sou
     Valid events are written in one transaction even when others are rejected; a batch with no
     valid event writes nothing."""
     sender = Sender.of(key)
-    rows, rejected = validate_events(items, context=context_for(sender, items, source=source))
+    rows, rejected = validate_events(items, context=context_for(sender, department_codes(items), source=source))
     return _store(sender, source, rows, rejected)
 
 
@@ -1155,7 +1151,7 @@ def record_body(*, key: Any, body: bytes, source: str = UsageEvent.Source.INGEST
         return None
     sender = Sender.of(key)
     codes = {event.department for event in events if event.department is not None}
-    context = context_for(sender, (), source=source, codes=codes)
+    context = context_for(sender, codes, source=source)
     rows = []
     for event in events:
         row = _struct_row(event, context)
@@ -1199,7 +1195,6 @@ _COPY_TABLE = f"COPY {TABLE} ({', '.join(_TABLE_COLUMNS)}) FROM STDIN (FORMAT BI
 # jsonb's binary form is a version byte and the JSON text; the tags go pre-encoded as bytea
 # (bytes as they are: binary COPY carries no types, the column's own decides how they are read).
 _JSONB_VERSION = b"\x01"
-_EMPTY_JSONB = _JSONB_VERSION + b"{}"
 _copy_oids: list[int] = []
 # PostgreSQL: the table is partitioned by month and the ledger enforces (tenant, event_id)
 # (telemetry/partitions.py). Every path claims the keys first, in event_id order, so two
@@ -1306,10 +1301,14 @@ def _dedupe(rows: Sequence[EventRow]) -> list[EventRow]:
     return list(seen.values())
 
 
+def _tags_json(tags: Mapping[str, str] | None) -> bytes:
+    """The tags column's JSON: no tags are an empty object, never NULL."""
+    return orjson.dumps(tags) if tags else b"{}"
+
+
 def _json_tags(row: EventRow) -> list[Any]:
     values = list(row)
-    tags = values[TAGS_INDEX]
-    values[TAGS_INDEX] = orjson.dumps(tags).decode() if tags else "{}"
+    values[TAGS_INDEX] = _tags_json(values[TAGS_INDEX]).decode()
     return values
 
 
@@ -1406,14 +1405,8 @@ def _table_copy_oids(cursor: Any) -> list[int]:
 
 
 def _binary_values(tenant_id: int, now: datetime, row: EventRow) -> tuple[Any, ...]:
-    tags = row[TAGS_INDEX]
-    return (
-        tenant_id,
-        now,
-        *row[:TAGS_INDEX],
-        _JSONB_VERSION + orjson.dumps(tags) if tags else _EMPTY_JSONB,
-        *row[TAGS_INDEX + 1 :],
-    )
+    tags = _JSONB_VERSION + _tags_json(row[TAGS_INDEX])
+    return (tenant_id, now, *row[:TAGS_INDEX], tags, *row[TAGS_INDEX + 1 :])
 
 
 def _is_retryable(exc: Exception) -> bool:

@@ -34,11 +34,16 @@ def event(event_id: str, tokens: int = 10, **extra) -> dict:
     return ingest_event(event_id, tokens=tokens, **extra)
 
 
+def validated(sender, *events: dict) -> list[ingest.EventRow]:
+    context = ingest.context_for(sender, ingest.department_codes(events))
+    rows, rejected = ingest.validate_events(list(events), context=context)
+    assert not rejected
+    return rows
+
+
 def params(key, *events: dict) -> list[tuple]:
     sender = ingest.Sender.of(key)
-    rows, rejected = ingest.validate_events(list(events), context=ingest.context_for(sender, list(events)))
-    assert not rejected
-    return ingest.value_rows(sender.tenant_id, rows)
+    return ingest.value_rows(sender.tenant_id, validated(sender, *events))
 
 
 @pytest.fixture
@@ -191,16 +196,16 @@ def test_the_writer_restarts_after_stop_and_inside_a_transaction_is_not_used(key
     key_a, _ = keys
     committer = ingest.group_committer()
     sender = ingest.Sender.of(key_a)
-    rows, _ = ingest.validate_events([event("x1")], context=ingest.context_for(sender, [event("x1")]))
+    rows = validated(sender, event("x1"))
     assert ingest.write_events(tenant=acme, rows=rows).accepted == 1
     committer.stop()
     jobs = committer.jobs
-    rows, _ = ingest.validate_events([event("x2")], context=ingest.context_for(sender, [event("x2")]))
+    rows = validated(sender, event("x2"))
     with transaction.atomic():
         # The caller's transaction owns the write: the writer's own session could not see it.
         assert ingest.write_events(tenant=acme, rows=rows).accepted == 1
     assert committer.jobs == jobs
-    rows, _ = ingest.validate_events([event("x3")], context=ingest.context_for(sender, [event("x3")]))
+    rows = validated(sender, event("x3"))
     assert ingest.write_events(tenant=acme, rows=rows).accepted == 1
     assert committer.jobs == jobs + 1
     assert [e for e, _ in stored(acme)] == ["x1", "x2", "x3"]
