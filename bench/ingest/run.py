@@ -41,6 +41,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -404,6 +405,63 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def connections_per_worker(server_pid: int, port: int) -> list[int]:
+    """How many established client connections to `port` each server process holds, busiest
+    first. Under granian a kept-alive connection stays with the worker the kernel handed it to,
+    so four batch loaders can land 2/2, 3/1 or 4/0 on two workers, and a worker holding three
+    is bound by its GIL while the other idles; gunicorn's sync workers accept only when idle."""
+    owner = {}
+    for pid in [server_pid, *children(server_pid)]:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owner[target[8:-1]] = pid
+    counts: dict[int, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01" and fields[9] in owner:  # 01: ESTABLISHED
+                pid = owner[fields[9]]
+                counts[pid] = counts.get(pid, 0) + 1
+    return sorted(counts.values(), reverse=True)
+
+
+class SplitSampler:
+    """Samples `connections_per_worker` twice a second in a thread; `stop` names the split seen
+    most often and in what share of the samples (e.g. "2/2 in 97 %")."""
+
+    def __init__(self, server_pid: int, port: int) -> None:
+        self.seen: dict[str, int] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(server_pid, port), daemon=True)
+        self.thread.start()
+
+    def _run(self, server_pid: int, port: int) -> None:
+        while not self.done.wait(0.5):
+            split = "/".join(map(str, connections_per_worker(server_pid, port))) or "none"
+            self.seen[split] = self.seen.get(split, 0) + 1
+
+    def stop(self) -> str:
+        self.done.set()
+        self.thread.join()
+        if not self.seen:
+            return "not sampled"
+        split, count = max(self.seen.items(), key=lambda item: item[1])
+        return f"{split} in {round(100 * count / sum(self.seen.values()))} %"
+
+
 def backend_pids() -> list[int]:
     django_setup()
     from django.db import connection
@@ -540,10 +598,12 @@ def main() -> None:
         if not args.skip_batch:
             prefix = f"b{run_id}-"
             meter = CpuMeter(server.pid)
+            splits = SplitSampler(server.pid, args.port)
             result = run_batches(
                 args.port, token, prefix, args.batch_events, args.loaders, args.batch_size, args.resend_every
             )
             result.update(meter.stop(result["events"]))
+            result["connections_per_worker"] = splits.stop()
             result.update(verify(tenant_id, prefix))
             result["lost"] = result["unique_sent"] - result["rows"]
             result["double_counted"] = result["rows"] - result["distinct_ids"]
