@@ -7,7 +7,11 @@ Three phases against `POST /api/v1/usage-events`, each checked against the datab
    been sent. Every `--resend-every`-th request resends that process's previous batch (1,000
    duplicates on purpose) and every fresh batch repeats one id inside itself (1 duplicate). The
    loader keeps pre-built bodies (only the ids are spliced in) and one kept-alive connection
-   each, so it costs the machine as little CPU as possible.
+   each, so it costs the machine as little CPU as possible. The result names how those
+   connections sat on the server's processes (`connections_per_worker`): under granian a
+   2/2, 3/1 or 4/0 split of four connections on two workers moves the rate by up to a quarter;
+   gunicorn's sync workers take a connection only when idle (`--server gunicorn --worker-class
+   sync --workers 3`, as the batch target is measured in docs/PERFORMANCE.md).
 2. **single, closed loop**: `wrk` (C, Lua script) posts one event per request from 32
    connections for `--single-seconds`, as fast as the server answers; every 50th request
    repeats the previous id. The most the server does; its p50/p99 (from wrk) are those of a
