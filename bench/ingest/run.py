@@ -10,8 +10,9 @@ Three phases against `POST /api/v1/usage-events`, each checked against the datab
    each, so it costs the machine as little CPU as possible. The result names how those
    connections sat on the server's processes (`connections_per_worker`): under granian a
    2/2, 3/1 or 4/0 split of four connections on two workers moves the rate by ~15 % (one
-   worker's GIL caps it at ~48k events/s on the development box); gunicorn's sync workers take a connection only when idle (`--server gunicorn --worker-class
-   sync --workers 3`, as the batch target is measured in docs/PERFORMANCE.md).
+   worker's GIL caps it at ~48k events/s on the development box); gunicorn's sync workers
+   take a connection only when idle (`--server gunicorn --worker-class sync --workers 3`, as
+   the batch target is measured in docs/PERFORMANCE.md).
 2. **single, closed loop**: `wrk` (C, Lua script) posts one event per request from 32
    connections for `--single-seconds`, as fast as the server answers; every 50th request
    repeats the previous id. The most the server does; its p50/p99 (from wrk) are those of a
